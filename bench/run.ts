@@ -1,0 +1,152 @@
+// npm run bench: starts Gatehouse (the built dist/, as production runs it) against real
+// PostgreSQL and Redis, and the bare-Fastify floor (bench/floor.ts), each in a process of its
+// own, then drives every scenario with autocannon from this process and prints a markdown
+// table: scenario, req/s, p50, p99, errors, server RSS, and the ratio to the floor.
+//   BENCH_DURATION     seconds per measurement (default 10)
+//   BENCH_CONNECTIONS  concurrent connections (default 32)
+//   BENCH_ONLY         only the scenarios whose name contains this text
+//   TEST_DATABASE_URL / TEST_REDIS_URL  the servers, as for npm test
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import autocannon from 'autocannon'
+import { Redis } from 'ioredis'
+import pg from 'pg'
+import { projectRoot } from '../src/paths.js'
+import { freePort } from '../test/helper.js'
+import { scenarios, type BenchContext, type Target } from './scenarios.js'
+
+const duration = Number(process.env.BENCH_DURATION ?? 10)
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 32)
+const only = process.env.BENCH_ONLY
+const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+export interface Measurement { requestsPerSecond: number, p50: number, p99: number, errors: number }
+
+export async function measure (base: string, target: Target, seconds = duration): Promise<Measurement> {
+  const result = await autocannon({
+    url: base + target.path,
+    method: target.method ?? 'GET',
+    headers: target.headers,
+    body: target.body,
+    connections,
+    duration: seconds
+  })
+  return {
+    requestsPerSecond: Math.round(result.requests.average),
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    errors: result.errors + result.timeouts + result.non2xx
+  }
+}
+
+interface Started { child: ChildProcess, base: string }
+
+async function startServer (args: string[], env: Record<string, string>, healthPath: string): Promise<Started> {
+  const port = await freePort()
+  const child = spawn(process.execPath, args, {
+    cwd: projectRoot,
+    env: { PATH: process.env.PATH ?? '', ...env, PORT: String(port) },
+    stdio: ['ignore', 'inherit', 'inherit']
+  })
+  const base = `http://127.0.0.1:${port}`
+  const deadline = Date.now() + 60_000
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${args.join(' ')} exited with ${child.exitCode}`)
+    try {
+      if ((await fetch(base + healthPath)).ok) return { child, base }
+    } catch {}
+    await sleep(200)
+  }
+  child.kill('SIGKILL')
+  throw new Error(`${args.join(' ')} did not answer in time`)
+}
+
+async function stopServer (started: Started): Promise<void> {
+  if (started.child.exitCode !== null) return
+  started.child.kill('SIGTERM')
+  await once(started.child, 'exit')
+}
+
+export async function rssMegabytes (pid: number | undefined): Promise<number> {
+  if (pid === undefined) return 0
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '')
+  const match = /VmRSS:\s+(\d+) kB/.exec(status)
+  return match === null ? 0 : Math.round(Number(match[1]) / 1024)
+}
+
+interface Row { scenario: string, gatehouse: Measurement, rss: number, floor: Measurement }
+
+function table (rows: Row[]): string {
+  const lines = [
+    '| scenario | req/s | p50 ms | p99 ms | errors | server RSS MB | floor req/s | ratio to floor |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|'
+  ]
+  for (const row of rows) {
+    const ratio = row.floor.requestsPerSecond === 0 ? 0 : row.gatehouse.requestsPerSecond / row.floor.requestsPerSecond
+    lines.push(`| ${row.scenario} | ${row.gatehouse.requestsPerSecond} | ${row.gatehouse.p50} | ${row.gatehouse.p99} | ${row.gatehouse.errors} | ${row.rss} | ${row.floor.requestsPerSecond} | ${(ratio * 100).toFixed(0)}% |`)
+  }
+  return lines.join('\n')
+}
+
+async function main (): Promise<void> {
+  const database = 'gh_bench'
+  const admin = new pg.Client({ connectionString: adminUrl })
+  await admin.connect()
+  await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+  await admin.query(`CREATE DATABASE ${database}`)
+  const databaseUrl = new URL(adminUrl)
+  databaseUrl.pathname = `/${database}`
+  const prefix = `gh:bench:${randomBytes(4).toString('hex')}:`
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+
+  const gatehouse = await startServer(['dist/src/server.js'], {
+    NODE_ENV: 'production',
+    LOG_LEVEL: 'warn',
+    DATABASE_URL: databaseUrl.toString(),
+    REDIS_URL: redisUrl,
+    REDIS_PREFIX: prefix,
+    // One client address drives the whole load: the per-IP limit would stop it at once.
+    RATE_LIMIT_MAX: '1000000000',
+    JWT_PRIVATE_KEY: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+  }, '/api/health')
+  const floor = await startServer(['--import', 'tsx', 'bench/floor.ts'], {}, '/floor/health')
+  const context: BenchContext = { gatehouse: gatehouse.base, floor: floor.base }
+
+  const rows: Row[] = []
+  try {
+    for (const scenario of scenarios) {
+      if (only !== undefined && !scenario.name.includes(only)) continue
+      await scenario.prepare?.(context)
+      // A short warm-up lets the JIT and the caches settle before measuring.
+      await measure(gatehouse.base, scenario.gatehouse(context), 2)
+      const measured = await measure(gatehouse.base, scenario.gatehouse(context))
+      const rss = await rssMegabytes(gatehouse.child.pid)
+      await measure(floor.base, scenario.floor(context), 2)
+      const floorMeasured = await measure(floor.base, scenario.floor(context))
+      rows.push({ scenario: scenario.name, gatehouse: measured, rss, floor: floorMeasured })
+      process.stderr.write(`measured ${scenario.name}\n`)
+    }
+  } finally {
+    await stopServer(gatehouse)
+    await stopServer(floor)
+    await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+    await admin.end()
+    const redis = new Redis(redisUrl)
+    const keys = await redis.keys(`${prefix}*`)
+    if (keys.length > 0) await redis.unlink(...keys)
+    redis.disconnect()
+  }
+
+  const output = table(rows)
+  console.log(`\nGatehouse bench — ${connections} connections, ${duration} s per measurement, Node ${process.version}\n`)
+  console.log(output)
+  await mkdir(join(projectRoot, 'bench/results'), { recursive: true })
+  await writeFile(join(projectRoot, 'bench/results/last.md'), `${output}\n`)
+}
+
+await main()

@@ -1,0 +1,110 @@
+import type { FastifyError, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
+import fp from 'fastify-plugin'
+import { errors, isHttpError } from '../src/errors.js'
+import type { ErrorBody } from '../src/schemas/common.js'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Names the body in validation errors: `Invalid <payload> payload` (seed 003). */
+    payload?: string
+  }
+}
+
+type ValidationContext = 'body' | 'querystring' | 'params' | 'headers'
+
+const CONTEXT_NAMES: Record<ValidationContext, string> = {
+  body: 'request',
+  querystring: 'query',
+  params: 'path parameter',
+  headers: 'header'
+}
+
+/**
+ * Field name → problem, one entry per bad field: `required` errors name the missing
+ * property, others the property at the instance path ("items.0.name").
+ */
+export function validationDetails (issues: FastifySchemaValidationError[], context: string): Record<string, string> {
+  const details: Record<string, string> = {}
+  for (const issue of issues) {
+    const path = issue.instancePath.split('/').filter(part => part !== '')
+    const params = issue.params as Record<string, unknown>
+    let problem = issue.message ?? 'is invalid'
+    if (issue.keyword === 'required' && typeof params.missingProperty === 'string') {
+      path.push(params.missingProperty)
+      problem = 'is required'
+    } else if (issue.keyword === 'additionalProperties' && typeof params.additionalProperty === 'string') {
+      path.push(params.additionalProperty)
+      problem = 'is not allowed'
+    }
+    const field = path.length > 0 ? path.join('.') : context
+    details[field] ??= problem
+  }
+  return details
+}
+
+/** The SPEC's error body (decision 1) for any error; 5xx messages never reach the client. */
+export function errorBody (error: FastifyError, request: FastifyRequest): { statusCode: number, body: ErrorBody } {
+  if (error.validation !== undefined) {
+    const context = (error.validationContext ?? 'body') as ValidationContext
+    const thing = context === 'body' ? request.routeOptions.config.payload ?? CONTEXT_NAMES.body : CONTEXT_NAMES[context]
+    const invalid = errors.invalidPayload(thing, validationDetails(error.validation, context === 'querystring' ? 'query' : context))
+    return { statusCode: 400, body: { error: invalid.message, code: invalid.code, details: invalid.details } }
+  }
+  if (isHttpError(error)) {
+    const body: ErrorBody = { error: error.message, code: error.code }
+    if (error.details !== undefined) body.details = error.details
+    return { statusCode: error.statusCode, body }
+  }
+  const statusCode = error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
+  switch (error.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return { statusCode: 413, body: { error: 'Request body is too large', code: 'PAYLOAD_TOO_LARGE' } }
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return { statusCode: 415, body: { error: 'Unsupported content type; send application/json', code: 'UNSUPPORTED_MEDIA_TYPE' } }
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return { statusCode: 400, body: { error: 'Request body length does not match Content-Length', code: 'BAD_REQUEST' } }
+  }
+  if (statusCode >= 500) {
+    return {
+      statusCode,
+      body: statusCode === 503
+        ? { error: 'Service temporarily unavailable', code: 'SERVICE_UNAVAILABLE' }
+        : { error: 'Internal server error', code: 'INTERNAL_ERROR' }
+    }
+  }
+  // Other 4xx raised by Fastify or a plugin: their messages are written for clients.
+  return { statusCode, body: { error: error.message, code: genericCode(statusCode) } }
+}
+
+function genericCode (statusCode: number): string {
+  switch (statusCode) {
+    case 401: return 'UNAUTHORIZED'
+    case 403: return 'FORBIDDEN'
+    case 404: return 'NOT_FOUND'
+    case 405: return 'METHOD_NOT_ALLOWED'
+    case 406: return 'NOT_ACCEPTABLE'
+    case 408: return 'REQUEST_TIMEOUT'
+    case 409: return 'CONFLICT'
+    case 413: return 'PAYLOAD_TOO_LARGE'
+    case 415: return 'UNSUPPORTED_MEDIA_TYPE'
+    case 429: return 'RATE_LIMITED'
+    default: return 'BAD_REQUEST'
+  }
+}
+
+/** One root error handler and the 404 handler, both rendering the SPEC's error body. */
+export default fp(async (fastify) => {
+  fastify.setErrorHandler(async (error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+    const { statusCode, body } = errorBody(error, request)
+    if (statusCode >= 500) {
+      request.log.error({ err: error, route: request.routeOptions.url }, 'request failed')
+    } else if (statusCode !== 404) {
+      request.log.info({ statusCode, code: body.code }, body.error)
+    }
+    return await reply.code(statusCode).type('application/json; charset=utf-8').send(body)
+  })
+
+  fastify.setNotFoundHandler(async (_request, reply) => {
+    return await reply.code(404).send({ error: 'Not found', code: 'NOT_FOUND' } satisfies ErrorBody)
+  })
+}, { name: 'errors', fastify: '5.x' })

@@ -1,0 +1,60 @@
+import rateLimit from '@fastify/rate-limit'
+import type { onRequestHookHandler, RouteOptions } from 'fastify'
+import fp from 'fastify-plugin'
+import { errors } from '../src/errors.js'
+import type { Store } from '../src/store/index.js'
+
+/** Route paths under the per-IP limit of SPEC decision 8 (seed 002: all of /api/*; seed 000's /auth/*). */
+const LIMITED_PREFIXES = ['/api/', '/auth/']
+
+/**
+ * @fastify/rate-limit's store interface over our store contract, so that the counters live
+ * in Redis (shared by every instance) or, embedded, in the in-process store.
+ */
+function storeAdapter (store: Store, namespace: string) {
+  return class ContractStore {
+    // @fastify/rate-limit constructs the store with its options; the key prefix is ours.
+    constructor (_options?: unknown, private readonly prefix: string = namespace) {}
+
+    incr (key: string, callback: (error: Error | null, result?: { current: number, ttl: number }) => void, timeWindow: number): void {
+      store.increment(this.prefix + key, timeWindow).then(
+        ({ count, ttlMs }) => callback(null, { current: count, ttl: ttlMs }),
+        (error: Error) => callback(error)
+      )
+    }
+
+    /** A route with limits of its own counts apart from the others. */
+    child (routeOptions: object): ContractStore {
+      const { routeInfo } = routeOptions as { routeInfo?: { method?: string, url?: string } }
+      return new ContractStore(undefined, `${this.prefix}${routeInfo?.method ?? ''}${routeInfo?.url ?? ''}:`)
+    }
+  }
+}
+
+/**
+ * Unauthenticated /api/* traffic: RATE_LIMIT_MAX requests per RATE_LIMIT_WINDOW per IP
+ * (default 100 per 15 minutes, seed 002), with draft-spec RateLimit-* headers and a 429 in
+ * the SPEC's error body. The client IP honours X-Forwarded-For only under TRUST_PROXY.
+ * Routes opt out with `config: { rateLimit: false }` (health probes, public keys).
+ * When the store is unreachable the limit is skipped rather than failing the request.
+ */
+export default fp(async (fastify) => {
+  const { config } = fastify
+  await fastify.register(rateLimit, {
+    global: false,
+    max: config.RATE_LIMIT_MAX,
+    timeWindow: config.RATE_LIMIT_WINDOW,
+    enableDraftSpec: true,
+    skipOnError: true,
+    store: storeAdapter(fastify.store, 'rl:'),
+    errorResponseBuilder: () => errors.tooManyRequests()
+  })
+
+  const ipLimit: onRequestHookHandler = fastify.rateLimit()
+  fastify.addHook('onRoute', (route: RouteOptions) => {
+    if (route.config?.rateLimit === false || route.config?.rateLimit != null) return
+    if (!LIMITED_PREFIXES.some(prefix => route.url.startsWith(prefix))) return
+    const hooks = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
+    route.onRequest = [ipLimit, ...hooks]
+  })
+}, { name: 'rate-limit', dependencies: ['config', 'store'], fastify: '5.x' })

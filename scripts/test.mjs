@@ -1,0 +1,65 @@
+#!/usr/bin/env node
+// npm test: finds PostgreSQL and Redis, says in its first line what the tests run on, then
+// runs tap. Where neither answers, the tests run on the embedded default (PGlite and the
+// in-process store). With GH_TEST_REQUIRE_SERVERS=1 (.ci/run) a missing server is an error.
+//   TEST_DATABASE_URL  admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
+//   TEST_REDIS_URL     Redis (default redis://127.0.0.1:6379)
+import { spawn } from 'node:child_process'
+import { Redis } from 'ioredis'
+import pg from 'pg'
+
+const pgUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+const requireServers = process.env.GH_TEST_REQUIRE_SERVERS === '1'
+
+async function postgresAnswers () {
+  const client = new pg.Client({ connectionString: pgUrl, connectionTimeoutMillis: 3000 })
+  try {
+    await client.connect()
+    // Leftovers of an interrupted run: test databases and templates of older migrations.
+    const { rows } = await client.query("SELECT datname FROM pg_database WHERE datname LIKE 'gh\\_test\\_%' OR datname LIKE 'gh\\_template\\_%'")
+    for (const { datname } of rows) await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`)
+    return true
+  } catch {
+    return false
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
+
+async function redisAnswers () {
+  const client = new Redis(redisUrl, { lazyConnect: true, connectTimeout: 3000, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  client.on('error', () => {})
+  try {
+    await client.connect()
+    await client.ping()
+    return true
+  } catch {
+    return false
+  } finally {
+    client.disconnect()
+  }
+}
+
+const [hasPostgres, hasRedis] = await Promise.all([postgresAnswers(), redisAnswers()])
+const safeUrl = url => url.replace(/\/\/[^@/]*@/, '//')
+const parts = [
+  hasPostgres ? `PostgreSQL at ${safeUrl(pgUrl)}` : 'embedded PGlite (no PostgreSQL answered)',
+  hasRedis ? `Redis at ${safeUrl(redisUrl)}` : 'the in-process store (no Redis answered)'
+]
+const embedded = !hasPostgres || !hasRedis
+console.log(`Gatehouse tests on ${parts.join(' and ')}${embedded ? ' — embedded default' : ''}`)
+if (embedded && requireServers) {
+  console.error('GH_TEST_REQUIRE_SERVERS=1: the tests must run on real PostgreSQL and Redis')
+  process.exit(1)
+}
+
+const child = spawn(process.execPath, ['node_modules/tap/dist/esm/run.mjs', ...process.argv.slice(2)], {
+  stdio: 'inherit',
+  env: {
+    ...process.env,
+    GH_TEST_PG_ADMIN_URL: hasPostgres ? pgUrl : '',
+    GH_TEST_REDIS_URL: hasRedis ? redisUrl : ''
+  }
+})
+child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)))

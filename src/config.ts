@@ -1,0 +1,211 @@
+import { Type, type StaticDecode, type TSchema } from 'typebox'
+import { Value } from 'typebox/value'
+
+/*
+ * Every setting is an environment variable. This schema is the single source of truth:
+ * it validates and converts the environment at start, documents each variable
+ * (`.env.example` and the README table are checked against it by a test), and its
+ * decoded static type is the type of `fastify.config`.
+ */
+
+const DURATION = /^(\d+)(ms|s|m|h|d)?$/
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/** `15m`, `7d`, `500ms`, or a bare number of seconds (seed 004 style) → milliseconds. */
+export function parseDuration (text: string): number {
+  const match = DURATION.exec(text.trim())
+  if (match === null) throw new Error(`not a duration: ${text}`)
+  return Number(match[1]) * DURATION_UNITS[match[2] ?? 's']!
+}
+
+const SIZE = /^(\d+)(b|kb|mb)?$/i
+const SIZE_UNITS: Record<string, number> = { b: 1, kb: 1024, mb: 1024 * 1024 }
+function parseSize (text: string): number {
+  const match = SIZE.exec(text.trim())
+  if (match === null) throw new Error(`not a size: ${text}`)
+  return Number(match[1]) * SIZE_UNITS[(match[2] ?? 'b').toLowerCase()]!
+}
+
+interface Doc { description: string, accepts: string, secret?: boolean }
+
+const duration = (fallback: string, doc: Omit<Doc, 'accepts'>) =>
+  Type.Codec(Type.String({ pattern: DURATION.source, default: fallback, ...doc, accepts: 'a duration such as 500ms, 30s, 15m, 12h, 7d or a number of seconds' }))
+    .Decode((text: string) => parseDuration(text))
+    .Encode((ms: number) => `${ms}ms`)
+
+const size = (fallback: string, doc: Omit<Doc, 'accepts'>) =>
+  Type.Codec(Type.String({ pattern: SIZE.source, default: fallback, ...doc, accepts: 'a size such as 512kb, 1mb or a number of bytes' }))
+    .Decode((text: string) => parseSize(text))
+    .Encode((bytes: number) => String(bytes))
+
+const list = (fallback: string, doc: Doc) =>
+  Type.Codec(Type.String({ default: fallback, ...doc }))
+    .Decode((text: string) => text.split(',').map(item => item.trim()).filter(item => item !== ''))
+    .Encode((items: string[]) => items.join(','))
+
+const integer = (fallback: number, minimum: number, maximum: number, description: string) =>
+  Type.Integer({ default: fallback, minimum, maximum, description, accepts: `an integer from ${minimum} to ${maximum}` })
+
+const flag = (fallback: boolean, description: string) =>
+  Type.Boolean({ default: fallback, description, accepts: 'true or false' })
+
+const oneOf = <const T extends string[]>(values: readonly [...T], fallback: T[number], description: string) =>
+  Type.Enum(values, { default: fallback, description, accepts: `one of ${values.join(', ')}` })
+
+const url = (description: string, protocols: string[], secret = false) =>
+  Type.Optional(Type.String({
+    pattern: `^(${protocols.join('|')})://`,
+    description,
+    secret,
+    accepts: `a URL starting with ${protocols.map(protocol => `${protocol}://`).join(' or ')}`
+  }))
+
+const text = (description: string, accepts: string, options: { pattern?: string, secret?: boolean, default?: string } = {}) =>
+  Type.Optional(Type.String({ description, accepts, ...options }))
+
+export const ConfigSchema = Type.Object({
+  NODE_ENV: oneOf(['development', 'production', 'test'], 'development',
+    'Runtime mode. production requires DATABASE_URL, REDIS_URL and a signing key, and marks cookies Secure.'),
+  HOST: Type.String({ default: '127.0.0.1', minLength: 1, description: 'Interface to listen on (0.0.0.0 in containers).', accepts: 'a host name or IP address' }),
+  PORT: integer(3000, 0, 65535, 'TCP port to listen on.'),
+  LOG_LEVEL: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info', 'Minimum pino log level.'),
+  PUBLIC_URL: url('Public base URL of this server, used to build links in e-mails and OAuth redirect URIs (default http://localhost:PORT).', ['http', 'https']),
+  FRONTEND_URL: url('Where the browser goes after a sign-in (default PUBLIC_URL).', ['http', 'https']),
+
+  DATA_DIR: Type.String({ default: '.data', minLength: 1, description: 'Directory for embedded-mode data (PGlite database, development keys, in-process store snapshot).', accepts: 'a directory path' }),
+  DATABASE_URL: url('PostgreSQL connection string. Unset: embedded PGlite under DATA_DIR.', ['postgres', 'postgresql'], true),
+  DATABASE_POOL_MAX: integer(10, 1, 200, 'Maximum PostgreSQL connections per instance.'),
+  DATABASE_CONNECT_TIMEOUT: duration('5s', { description: 'How long to wait for a PostgreSQL connection before failing the request with 503.' }),
+  DATABASE_STATEMENT_TIMEOUT: duration('15s', { description: 'PostgreSQL statement_timeout for every query.' }),
+  MIGRATE_ON_START: flag(true, 'Apply pending migrations from sql/ at start (under an advisory lock, so several instances may start at once).'),
+
+  REDIS_URL: url('Redis connection string. Unset: an in-process store (single instance only).', ['redis', 'rediss'], true),
+  REDIS_PREFIX: Type.String({ default: 'gh:', pattern: '^[A-Za-z0-9:_.{}-]{1,64}$', description: 'Namespace prepended to every Redis key and channel.', accepts: '1-64 characters of A-Z a-z 0-9 : _ . - { }' }),
+  REDIS_COMMAND_TIMEOUT: duration('2s', { description: 'Upper bound for one Redis command; past it the request fails with 503 instead of hanging.' }),
+  REDIS_CONNECT_TIMEOUT: duration('5s', { description: 'Upper bound for establishing a Redis connection.' }),
+
+  HEALTH_TIMEOUT: duration('2s', { description: 'Upper bound for each readiness probe (PostgreSQL, Redis).' }),
+  CORS_ORIGINS: list('', {
+    description: 'Comma-separated origins allowed to call the API with credentials. * allows any origin without credentials (bearer-only deployments). Empty: same-origin only.',
+    accepts: 'a comma-separated list of origins such as https://app.example.com, or *'
+  }),
+  TRUST_PROXY: Type.String({
+    default: 'false',
+    pattern: '^(true|false|\\d+|[0-9a-fA-F.:/]+(,[0-9a-fA-F.:/ ]+)*)$',
+    description: 'Whether X-Forwarded-For is trusted: false, true, a hop count, or comma-separated proxy addresses/CIDRs.',
+    accepts: 'false, true, a number of hops, or a comma-separated list of IP addresses or CIDR ranges'
+  }),
+  BODY_LIMIT: size('1mb', { description: 'Largest accepted request body.' }),
+  RATE_LIMIT_MAX: integer(100, 1, 1_000_000_000, 'Unauthenticated requests per IP per window on /api/* (seed 002: 100 per 15 minutes).'),
+  RATE_LIMIT_WINDOW: duration('15m', { description: 'Window of the per-IP rate limit.' }),
+  RESPONSE_ENVELOPE: oneOf(['none', 'success'], 'none',
+    'success wraps every JSON body as seed 002 does: {success, data} or {success:false, message, code}.'),
+
+  JWT_PRIVATE_KEY: text('PEM private key that signs access tokens (production: this, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR).', 'a PEM-encoded private key', { secret: true }),
+  JWT_PRIVATE_KEY_FILE: text('Path of a PEM private key file that signs access tokens.', 'a file path'),
+  JWT_KEYS_DIR: text('Directory holding the signing key set managed by `npm run keys` (rotation with overlap).', 'a directory path')
+})
+
+export type Config = StaticDecode<typeof ConfigSchema>
+export type ConfigKey = keyof typeof ConfigSchema.properties
+
+export class ConfigError extends Error {
+  constructor (readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map(problem => `  - ${problem}`).join('\n')}`)
+    this.name = 'ConfigError'
+  }
+}
+
+interface Documented { description?: string, accepts?: string, secret?: boolean, default?: unknown }
+export function describeVariable (key: ConfigKey): Documented {
+  return ConfigSchema.properties[key] as unknown as Documented
+}
+
+function describeProblem (key: string, raw: unknown): string {
+  const doc = (ConfigSchema.properties as Record<string, TSchema & Documented>)[key]
+  const shown = doc?.secret === true ? 'value hidden' : `got ${JSON.stringify(raw)}`
+  return `${key} must be ${doc?.accepts ?? 'valid'} (${shown})`
+}
+
+/**
+ * Reads the settings from an environment, applies defaults, validates and converts them.
+ * Throws a ConfigError naming every bad variable and what it accepts.
+ */
+export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
+  const raw: Record<string, unknown> = {}
+  for (const key of Object.keys(ConfigSchema.properties)) {
+    const value = env[key]
+    if (value !== undefined && value !== '') raw[key] = value
+  }
+  const input = Value.Convert(ConfigSchema, Value.Default(ConfigSchema, structuredClone(raw))) as Record<string, unknown>
+
+  // Checked one variable at a time so that every bad variable is named, not only the first few.
+  const problems: string[] = []
+  for (const [key, schema] of Object.entries(ConfigSchema.properties) as Array<[string, TSchema]>) {
+    if (input[key] === undefined) continue
+    if (!Value.Check(schema, input[key])) problems.push(describeProblem(key, raw[key]))
+  }
+  if (input.NODE_ENV === 'production') problems.push(...productionProblems(input))
+  if (problems.length > 0) throw new ConfigError(problems)
+
+  const config = Value.Decode(ConfigSchema, input) as Config
+  const rules = crossFieldProblems(config)
+  if (rules.length > 0) throw new ConfigError(rules)
+  return config
+}
+
+/** What production cannot run without; checked even when other variables are bad. */
+function productionProblems (input: Record<string, unknown>): string[] {
+  const missing: string[] = []
+  if (input.DATABASE_URL === undefined) missing.push('DATABASE_URL')
+  if (input.REDIS_URL === undefined) missing.push('REDIS_URL')
+  if (KEY_SETTINGS.every(key => input[key] === undefined)) missing.push(`a signing key (${KEY_SETTINGS.slice(0, -1).join(', ')} or ${KEY_SETTINGS.at(-1)!})`)
+  return missing.length > 0 ? [`NODE_ENV=production refuses to start without ${missing.join(', ')}`] : []
+}
+
+const KEY_SETTINGS = ['JWT_PRIVATE_KEY', 'JWT_PRIVATE_KEY_FILE', 'JWT_KEYS_DIR'] as const
+
+function crossFieldProblems (config: Config): string[] {
+  const problems: string[] = []
+  const keySettings = [config.JWT_PRIVATE_KEY, config.JWT_PRIVATE_KEY_FILE, config.JWT_KEYS_DIR].filter(value => value !== undefined)
+  if (keySettings.length > 1) {
+    problems.push('set only one of JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE and JWT_KEYS_DIR')
+  }
+  if (config.CORS_ORIGINS.includes('*') && config.CORS_ORIGINS.length > 1) {
+    problems.push('CORS_ORIGINS must be either * or a list of origins, not both')
+  }
+  for (const origin of config.CORS_ORIGINS) {
+    if (origin !== '*' && !isOrigin(origin)) {
+      problems.push(`CORS_ORIGINS must be a comma-separated list of origins such as https://app.example.com (got ${JSON.stringify(origin)})`)
+    }
+  }
+  return problems
+}
+
+function isOrigin (value: string): boolean {
+  try {
+    const parsed = new URL(value)
+    return (parsed.protocol === 'http:' || parsed.protocol === 'https:') && parsed.origin === value
+  } catch {
+    return false
+  }
+}
+
+export const isProduction = (config: Config): boolean => config.NODE_ENV === 'production'
+
+/** PUBLIC_URL without a trailing slash, defaulting to the local listen address. */
+export function publicUrl (config: Config): string {
+  return (config.PUBLIC_URL ?? `http://localhost:${config.PORT}`).replace(/\/+$/, '')
+}
+
+/** Fastify's trustProxy option from TRUST_PROXY. */
+export function trustProxy (config: Config): boolean | string[] | ((address: string, hop: number) => boolean) {
+  const value = config.TRUST_PROXY
+  if (value === 'true') return true
+  if (value === 'false') return false
+  if (/^\d+$/.test(value)) {
+    const hops = Number(value)
+    return (_address, hop) => hop < hops
+  }
+  return value.split(',').map(entry => entry.trim()).filter(entry => entry !== '')
+}

@@ -1,0 +1,44 @@
+import { Kysely, PostgresDialect } from 'kysely'
+import pg from 'pg'
+import type { Database } from './types.js'
+
+export type { Database } from './types.js'
+
+// DATE columns stay 'YYYY-MM-DD' strings (pg would turn them into local-midnight Dates);
+// int8 (counts, identities) become numbers.
+const DATE_OID = 1082
+const INT8_OID = 20
+const typeParsers = {
+  getTypeParser (oid: number, format?: 'text' | 'binary') {
+    if (oid === DATE_OID) return (value: string) => value
+    if (oid === INT8_OID) return (value: string) => Number(value)
+    return pg.types.getTypeParser(oid, format)
+  }
+} as pg.CustomTypesConfig
+
+export interface PoolSettings {
+  connectionString: string
+  max: number
+  connectTimeoutMs: number
+  statementTimeoutMs: number
+  onError?: (error: Error) => void
+}
+
+export function createPool (settings: PoolSettings): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: settings.connectionString,
+    max: settings.max,
+    connectionTimeoutMillis: settings.connectTimeoutMs,
+    idleTimeoutMillis: 30_000,
+    statement_timeout: settings.statementTimeoutMs,
+    application_name: 'gatehouse',
+    types: typeParsers
+  })
+  // An idle connection dropped by a Postgres restart must never crash the process.
+  pool.on('error', error => settings.onError?.(error))
+  return pool
+}
+
+export function createDatabase (pool: pg.Pool): Kysely<Database> {
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
+}

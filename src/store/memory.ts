@@ -1,0 +1,161 @@
+import { EventEmitter } from 'node:events'
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import type { Counter, MessageHandler, Store } from './types.js'
+
+/*
+ * The in-process store of the embedded default. JavaScript runs one callback at a time, so
+ * each method is atomic the way a Lua script is atomic in Redis. Publish/subscribe reaches
+ * only this process: the embedded default is a single instance by design.
+ * With `snapshotFile`, unexpired entries are written on close and read back at start, so
+ * that a restarted development server keeps its sessions.
+ */
+
+interface Entry { value: string, expiresAt: number }
+
+export interface MemoryStoreOptions {
+  prefix?: string
+  snapshotFile?: string
+  now?: () => number
+}
+
+export class MemoryStore implements Store {
+  readonly kind = 'memory' as const
+  private readonly entries = new Map<string, Entry>()
+  private readonly events = new EventEmitter()
+  private readonly sweeper: NodeJS.Timeout
+  private readonly prefix: string
+  private readonly now: () => number
+
+  private constructor (private readonly options: MemoryStoreOptions) {
+    this.prefix = options.prefix ?? ''
+    this.now = options.now ?? Date.now
+    this.events.setMaxListeners(0)
+    this.sweeper = setInterval(() => this.sweep(), 60_000).unref()
+  }
+
+  static async create (options: MemoryStoreOptions = {}): Promise<MemoryStore> {
+    const store = new MemoryStore(options)
+    if (options.snapshotFile !== undefined) await store.load(options.snapshotFile)
+    return store
+  }
+
+  private live (key: string): Entry | undefined {
+    const entry = this.entries.get(this.prefix + key)
+    if (entry === undefined) return undefined
+    if (entry.expiresAt <= this.now()) {
+      this.entries.delete(this.prefix + key)
+      return undefined
+    }
+    return entry
+  }
+
+  private expiry (ttlMs: number | undefined): number {
+    return ttlMs === undefined ? Number.POSITIVE_INFINITY : this.now() + ttlMs
+  }
+
+  async get (key: string): Promise<string | null> {
+    return this.live(key)?.value ?? null
+  }
+
+  async set (key: string, value: string, ttlMs?: number): Promise<void> {
+    this.entries.set(this.prefix + key, { value, expiresAt: this.expiry(ttlMs) })
+  }
+
+  async setIfAbsent (key: string, value: string, ttlMs: number): Promise<boolean> {
+    if (this.live(key) !== undefined) return false
+    this.entries.set(this.prefix + key, { value, expiresAt: this.expiry(ttlMs) })
+    return true
+  }
+
+  async del (key: string): Promise<boolean> {
+    const existed = this.live(key) !== undefined
+    this.entries.delete(this.prefix + key)
+    return existed
+  }
+
+  async take (key: string): Promise<string | null> {
+    const entry = this.live(key)
+    if (entry === undefined) return null
+    this.entries.delete(this.prefix + key)
+    return entry.value
+  }
+
+  async compareAndSwap (key: string, expected: string, next: string, ttlMs?: number): Promise<boolean> {
+    const entry = this.live(key)
+    if (entry === undefined || entry.value !== expected) return false
+    this.entries.set(this.prefix + key, { value: next, expiresAt: ttlMs === undefined ? entry.expiresAt : this.expiry(ttlMs) })
+    return true
+  }
+
+  async increment (key: string, windowMs: number): Promise<Counter> {
+    const entry = this.live(key)
+    if (entry === undefined) {
+      this.entries.set(this.prefix + key, { value: '1', expiresAt: this.now() + windowMs })
+      return { count: 1, ttlMs: windowMs }
+    }
+    const count = Number(entry.value) + 1
+    entry.value = String(count)
+    return { count, ttlMs: Math.max(0, entry.expiresAt - this.now()) }
+  }
+
+  async publish (channel: string, message: string): Promise<void> {
+    const name = this.prefix + channel
+    // Delivered asynchronously, as Redis delivers it, never inside the publisher's call.
+    setImmediate(() => this.events.emit(name, message))
+  }
+
+  async subscribe (channel: string, handler: MessageHandler): Promise<() => Promise<void>> {
+    const name = this.prefix + channel
+    this.events.on(name, handler)
+    return async () => { this.events.off(name, handler) }
+  }
+
+  onReconnect (): void {
+    // An in-process store never disconnects.
+  }
+
+  async ping (): Promise<void> {}
+
+  async close (): Promise<void> {
+    clearInterval(this.sweeper)
+    this.events.removeAllListeners()
+    if (this.options.snapshotFile !== undefined) await this.save(this.options.snapshotFile)
+  }
+
+  private sweep (): void {
+    const now = this.now()
+    for (const [key, entry] of this.entries) {
+      if (entry.expiresAt <= now) this.entries.delete(key)
+    }
+  }
+
+  private async save (file: string): Promise<void> {
+    this.sweep()
+    const rows = [...this.entries].map(([key, entry]) =>
+      [key, entry.value, Number.isFinite(entry.expiresAt) ? entry.expiresAt : null])
+    await mkdir(dirname(file), { recursive: true, mode: 0o700 })
+    const temporary = `${file}.${process.pid}.tmp`
+    await writeFile(temporary, JSON.stringify(rows), { mode: 0o600 })
+    await rename(temporary, file)
+  }
+
+  private async load (file: string): Promise<void> {
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch {
+      return
+    }
+    try {
+      const rows = JSON.parse(text) as Array<[string, string, number | null]>
+      const now = this.now()
+      for (const [key, value, expiresAt] of rows) {
+        const expiry = expiresAt ?? Number.POSITIVE_INFINITY
+        if (expiry > now) this.entries.set(key, { value, expiresAt: expiry })
+      }
+    } catch {
+      // A damaged snapshot only costs the development sessions it held.
+    }
+  }
+}

@@ -1,0 +1,167 @@
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import Fastify, { type FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { Redis } from 'ioredis'
+import pg from 'pg'
+import app, { serverOptions } from '../src/app.js'
+import { loadConfig, type Config } from '../src/config.js'
+import { startEmbeddedPostgres } from '../src/db/embedded.js'
+import { migrate, readMigrations } from '../src/db/migrate.js'
+import { migrationsDir } from '../src/paths.js'
+
+/*
+ * Every test file runs against its own database (a clone of a migrated template database)
+ * and its own Redis key namespace, so that files run in parallel and never see each
+ * other's rows or keys. scripts/test.mjs finds the servers and passes them in:
+ *   GH_TEST_PG_ADMIN_URL  an admin connection to PostgreSQL (unset: embedded PGlite)
+ *   GH_TEST_REDIS_URL     Redis (unset: the in-process store)
+ */
+
+// Minimal view of tap's Test that the helpers need.
+export interface TestContext { teardown: (fn: () => unknown) => void }
+
+export const pgAdminUrl = process.env.GH_TEST_PG_ADMIN_URL === '' ? undefined : process.env.GH_TEST_PG_ADMIN_URL
+export const redisUrl = process.env.GH_TEST_REDIS_URL === '' ? undefined : process.env.GH_TEST_REDIS_URL
+export const embedded = pgAdminUrl === undefined
+
+export function databaseUrl (adminUrl: string, database: string): string {
+  const url = new URL(adminUrl)
+  url.pathname = `/${database}`
+  return url.toString()
+}
+
+async function withAdmin<T> (fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: pgAdminUrl, application_name: 'gatehouse-tests' })
+  await client.connect()
+  try {
+    return await fn(client)
+  } finally {
+    await client.end()
+  }
+}
+
+/** The migrated template database, named after the migrations so that a change makes a new one. */
+async function templateDatabase (): Promise<string> {
+  const migrations = await readMigrations(migrationsDir)
+  const digest = createHash('sha256').update(migrations.map(m => m.checksum).join(',')).digest('hex').slice(0, 12)
+  const name = `gh_template_${digest}`
+  await withAdmin(async admin => {
+    await admin.query('SELECT pg_advisory_lock(hashtext($1))', ['gatehouse:test-template'])
+    try {
+      const { rowCount } = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])
+      if (rowCount === 0) {
+        await admin.query(`CREATE DATABASE ${name}`)
+        try {
+          await migrate(databaseUrl(pgAdminUrl!, name), migrationsDir)
+        } catch (error) {
+          await admin.query(`DROP DATABASE ${name}`)
+          throw error
+        }
+      }
+    } finally {
+      await admin.query('SELECT pg_advisory_unlock(hashtext($1))', ['gatehouse:test-template'])
+    }
+  })
+  return name
+}
+
+/**
+ * A database for one test: a clone of the migrated template on PostgreSQL, dropped at
+ * teardown; embedded, a fresh in-memory PGlite (migrated unless `migrated: false`).
+ */
+export async function testDatabase (t: TestContext, options: { migrated?: boolean } = {}): Promise<string> {
+  const migrated = options.migrated ?? true
+  if (embedded) {
+    const database = await startEmbeddedPostgres()
+    t.teardown(async () => { await database.close() })
+    if (migrated) await migrate(database.connectionString, migrationsDir)
+    return database.connectionString
+  }
+  const name = `gh_test_${process.pid}_${randomBytes(4).toString('hex')}`
+  const template = migrated ? await templateDatabase() : 'template0'
+  await withAdmin(async admin => { await admin.query(`CREATE DATABASE ${name} TEMPLATE ${template}`) })
+  t.teardown(async () => {
+    await withAdmin(async admin => { await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) })
+  })
+  return databaseUrl(pgAdminUrl!, name)
+}
+
+/** A Redis key namespace for one test, emptied at teardown. */
+export function testRedisPrefix (t: TestContext): string {
+  const prefix = `gh:test:${randomBytes(6).toString('hex')}:`
+  if (redisUrl !== undefined) {
+    t.teardown(async () => { await deleteKeys(prefix) })
+  }
+  return prefix
+}
+
+async function deleteKeys (prefix: string): Promise<void> {
+  const redis = new Redis(redisUrl!, { lazyConnect: true, maxRetriesPerRequest: 1 })
+  try {
+    await redis.connect()
+    let cursor = '0'
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500)
+      cursor = next
+      if (keys.length > 0) await redis.unlink(...keys)
+    } while (cursor !== '0')
+  } finally {
+    redis.disconnect()
+  }
+}
+
+/** A private scratch directory, removed at teardown. */
+export async function tempDir (t: TestContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'gh-test-'))
+  t.teardown(async () => { await rm(dir, { recursive: true, force: true }) })
+  return dir
+}
+
+export type Env = Record<string, string | undefined>
+
+/** The configuration of a test app: its own database and namespace, quiet, generous limits. */
+export async function testConfig (t: TestContext, env: Env = {}): Promise<Config> {
+  const base: Env = {
+    NODE_ENV: 'test',
+    LOG_LEVEL: process.env.GH_TEST_LOG_LEVEL ?? 'silent',
+    DATABASE_URL: 'DATABASE_URL' in env ? env.DATABASE_URL : await testDatabase(t),
+    REDIS_URL: redisUrl,
+    REDIS_PREFIX: testRedisPrefix(t),
+    MIGRATE_ON_START: 'false',
+    RATE_LIMIT_MAX: '100000',
+    DATA_DIR: await tempDir(t)
+  }
+  // PGlite serves one connection at a time.
+  if (embedded) base.DATABASE_POOL_MAX = '1'
+  return loadConfig({ ...base, ...env })
+}
+
+export type TestApp = FastifyInstance & ReturnType<FastifyInstance['withTypeProvider']>
+
+/**
+ * Builds the application exactly as src/server.ts does, on a database and Redis namespace
+ * of its own, and closes it at teardown. `extend` registers extra routes (for plugin tests).
+ */
+export async function build (t: TestContext, env: Env = {}, extend?: (app: FastifyInstance) => Promise<void> | void): Promise<FastifyInstance> {
+  const config = await testConfig(t, env)
+  const server = Fastify(serverOptions(config)).withTypeProvider<TypeBoxTypeProvider>()
+  await server.register(fp(app), { config })
+  if (extend !== undefined) await server.register(fp(async instance => { await extend(instance) }))
+  t.teardown(async () => { await server.close() })
+  await server.ready()
+  return server
+}
+
+/** A TCP port that is free on 127.0.0.1 right now. */
+export async function freePort (): Promise<number> {
+  const probe = createServer()
+  await new Promise<void>(resolve => probe.listen(0, '127.0.0.1', resolve))
+  const { port } = probe.address() as { port: number }
+  await new Promise(resolve => probe.close(resolve))
+  return port
+}

@@ -1,0 +1,105 @@
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import t from 'tap'
+import { ConfigError, ConfigSchema, loadConfig, parseDuration, publicUrl } from '../../src/config.js'
+import { projectRoot } from '../../src/paths.js'
+
+const problemsOf = (env: Record<string, string>): string[] => {
+  try {
+    loadConfig(env)
+  } catch (error) {
+    if (error instanceof ConfigError) return error.problems
+    throw error
+  }
+  return []
+}
+
+t.test('defaults give a working development configuration', async t => {
+  const config = loadConfig({})
+  t.equal(config.NODE_ENV, 'development')
+  t.equal(config.PORT, 3000)
+  t.equal(config.HOST, '127.0.0.1')
+  t.equal(config.DATABASE_URL, undefined, 'no DATABASE_URL: embedded PGlite')
+  t.equal(config.REDIS_URL, undefined, 'no REDIS_URL: in-process store')
+  t.equal(config.RATE_LIMIT_MAX, 100, 'seed 002: 100 requests')
+  t.equal(config.RATE_LIMIT_WINDOW, 15 * 60_000, 'seed 002: per 15 minutes')
+  t.equal(config.TRUST_PROXY, 'false', 'X-Forwarded-For is not trusted by default')
+  t.same(config.CORS_ORIGINS, [])
+  t.equal(publicUrl(config), 'http://localhost:3000')
+})
+
+t.test('values are converted from their environment strings', async t => {
+  const config = loadConfig({
+    PORT: '8080',
+    MIGRATE_ON_START: 'false',
+    CORS_ORIGINS: 'https://app.example.com, http://localhost:5173',
+    RATE_LIMIT_WINDOW: '900',
+    BODY_LIMIT: '512kb',
+    PUBLIC_URL: 'https://auth.example.com/'
+  })
+  t.equal(config.PORT, 8080)
+  t.equal(config.MIGRATE_ON_START, false)
+  t.same(config.CORS_ORIGINS, ['https://app.example.com', 'http://localhost:5173'])
+  t.equal(config.RATE_LIMIT_WINDOW, 900_000, 'a bare number is seconds')
+  t.equal(config.BODY_LIMIT, 512 * 1024)
+  t.equal(publicUrl(config), 'https://auth.example.com', 'trailing slash dropped')
+})
+
+t.test('durations accept seed 004 style values', async t => {
+  t.equal(parseDuration('15m'), 900_000)
+  t.equal(parseDuration('7d'), 7 * 86_400_000)
+  t.equal(parseDuration('500ms'), 500)
+  t.equal(parseDuration('12h'), 12 * 3_600_000)
+  t.equal(parseDuration('30'), 30_000)
+  t.throws(() => parseDuration('soon'))
+})
+
+t.test('a bad value names the variable and what it accepts', async t => {
+  const problems = problemsOf({
+    PORT: 'abc',
+    LOG_LEVEL: 'loud',
+    RATE_LIMIT_WINDOW: '15 minutes',
+    TRUST_PROXY: 'yes',
+    MIGRATE_ON_START: 'maybe',
+    DATABASE_URL: 'mysql://user:secret@db/app'
+  })
+  t.equal(problems.length, 6, 'every bad variable is reported, not only the first')
+  const expected = [
+    /^PORT must be an integer from 0 to 65535 \(got "abc"\)$/,
+    /^LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent \(got "loud"\)$/,
+    /^DATABASE_URL must be a URL starting with postgres:\/\/ or postgresql:\/\/ \(value hidden\)$/,
+    /^MIGRATE_ON_START must be true or false \(got "maybe"\)$/,
+    /^TRUST_PROXY must be false, true, a number of hops/,
+    /^RATE_LIMIT_WINDOW must be a duration such as 500ms, 30s, 15m, 12h, 7d or a number of seconds \(got "15 minutes"\)$/
+  ]
+  expected.forEach((pattern, index) => t.match(problems[index], pattern))
+  t.notOk(problems.join('\n').includes('secret'), 'a secret value is never echoed')
+})
+
+t.test('the error message lists every problem', async t => {
+  t.throws(() => loadConfig({ PORT: '-1' }), { name: 'ConfigError', message: /Invalid configuration:\n {2}- PORT must be/ })
+})
+
+t.test('production refuses to start without DATABASE_URL, REDIS_URL and a signing key', async t => {
+  const [problem] = problemsOf({ NODE_ENV: 'production' })
+  t.equal(problem, 'NODE_ENV=production refuses to start without DATABASE_URL, REDIS_URL, a signing key (JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR)')
+  t.same(problemsOf({ NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_URL: 'redis://cache:6379' }),
+    ['NODE_ENV=production refuses to start without a signing key (JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR)'])
+  t.same(problemsOf({ NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_URL: 'redis://cache:6379', JWT_KEYS_DIR: '/run/secrets/keys' }), [])
+})
+
+t.test('cross-field rules', async t => {
+  t.same(problemsOf({ CORS_ORIGINS: '*,https://app.example.com' }), ['CORS_ORIGINS must be either * or a list of origins, not both'])
+  t.match(problemsOf({ CORS_ORIGINS: 'https://app.example.com/path' }), [/CORS_ORIGINS must be a comma-separated list of origins/])
+  t.match(problemsOf({ CORS_ORIGINS: 'app.example.com' }), [/CORS_ORIGINS must be/])
+  t.same(problemsOf({ JWT_KEYS_DIR: '/keys', JWT_PRIVATE_KEY_FILE: '/key.pem' }), ['set only one of JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE and JWT_KEYS_DIR'])
+})
+
+t.test('.env.example and the README document every variable', async t => {
+  const example = readFileSync(join(projectRoot, '.env.example'), 'utf8')
+  const readme = readFileSync(join(projectRoot, 'README.md'), 'utf8')
+  for (const key of Object.keys(ConfigSchema.properties)) {
+    t.match(example, new RegExp(`^#? ?${key}=`, 'm'), `.env.example lists ${key}`)
+    t.match(readme, new RegExp(`\\| \`${key}\` \\|`), `README configuration table lists ${key}`)
+  }
+})
