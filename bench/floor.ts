@@ -1,11 +1,63 @@
 // The "floor": a bare Fastify server doing the same work as each Gatehouse scenario and
 // nothing else (no plugins, no hooks, no logging). Each scenario's req/s is printed beside
 // its floor's, measured in the same run on the same machine.
+//   FLOOR_JWT_KEY       the PEM private key Gatehouse signs with (the same RS256 work)
+//   FLOOR_PASSWORD_HASH the argon2id hash the login floor verifies against
+//   FLOOR_REDIS_URL     Redis for the rotation floor
+import { createHmac, createHash, createPublicKey, randomBytes, randomUUID } from 'node:crypto'
+import { verify as argon2Verify } from '@node-rs/argon2'
+import { createSigner, createVerifier } from 'fast-jwt'
 import Fastify from 'fastify'
+import { RedisStore } from '../src/store/redis.js'
 
 const server = Fastify({ logger: false })
 
 server.get('/floor/health', async () => ({ ok: true }))
+
+const privatePem = process.env.FLOOR_JWT_KEY
+if (privatePem !== undefined) {
+  const publicPem = createPublicKey(privatePem).export({ type: 'spki', format: 'pem' }).toString()
+  // The same verification Gatehouse does: RS256, iss/aud, and fast-jwt's verification cache.
+  const verify = createVerifier({ key: publicPem, algorithms: ['RS256'], cache: 10_000, allowedAud: 'gatehouse' })
+  server.get('/floor/me', async (request) => {
+    const token = (request.headers.authorization ?? '').slice(7)
+    const claims = verify(token) as { sub: string }
+    return { id: claims.sub }
+  })
+
+  // One Lua rotation (the very script Gatehouse runs) and one JWT signature.
+  const sign = createSigner({ key: privatePem, algorithm: 'RS256', expiresIn: 900_000 })
+  const secret = randomBytes(32)
+  const hash = (token: string): string => createHash('sha256').update(token).digest('base64url')
+  const { store } = await RedisStore.connect({
+    url: process.env.FLOOR_REDIS_URL ?? 'redis://127.0.0.1:6379',
+    prefix: `gh:floor:${randomBytes(4).toString('hex')}:`,
+    commandTimeoutMs: 2000,
+    connectTimeoutMs: 2000
+  })
+  server.post('/floor/session', async () => {
+    const sessionId = randomUUID()
+    const token = `${sessionId}.${randomBytes(32).toString('base64url')}`
+    await store.createSession(sessionId, { userId: sessionId, rememberMe: false, expiresAt: Date.now() + 86_400_000, workspaceId: null }, hash(token))
+    return { refreshToken: token }
+  })
+  server.post<{ Body: { refreshToken: string } }>('/floor/refresh', async (request, reply) => {
+    const token = request.body.refreshToken
+    const sessionId = token.slice(0, 36)
+    const successor = `${sessionId}.${createHmac('sha256', secret).update(token).digest('base64url')}`
+    const result = await store.rotateRefreshToken(sessionId, hash(token), hash(successor), Date.now(), 10_000)
+    if (result.status !== 'rotated' && result.status !== 'grace') return await reply.code(401).send({ error: 'invalid' })
+    return { accessToken: sign({ sub: result.session.userId, sid: sessionId }), expiresIn: 900, refreshToken: successor }
+  })
+  server.addHook('onClose', async () => { await store.close() })
+}
+
+const passwordHash = process.env.FLOOR_PASSWORD_HASH
+if (passwordHash !== undefined) {
+  server.post<{ Body: { password: string } }>('/floor/login', async (request) => {
+    return { ok: await argon2Verify(passwordHash, request.body.password) }
+  })
+}
 
 await server.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 0) })
 const address = server.server.address()

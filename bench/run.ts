@@ -17,7 +17,8 @@ import { Redis } from 'ioredis'
 import pg from 'pg'
 import { projectRoot } from '../src/paths.js'
 import { freePort } from '../test/helper.js'
-import { scenarios, type BenchContext, type Target } from './scenarios.js'
+import { hashPassword } from '../src/auth/passwords.js'
+import { BENCH_PASSWORD, scenarios, type BenchContext, type Target } from './scenarios.js'
 
 const duration = Number(process.env.BENCH_DURATION ?? 10)
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 32)
@@ -28,11 +29,17 @@ const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 export interface Measurement { requestsPerSecond: number, p50: number, p99: number, errors: number }
 
 export async function measure (base: string, target: Target, seconds = duration): Promise<Measurement> {
-  const result = await autocannon({
-    url: base + target.path,
+  const request = {
     method: target.method ?? 'GET',
-    headers: target.headers,
-    body: target.body,
+    path: target.path,
+    ...(target.headers === undefined ? {} : { headers: target.headers }),
+    ...(target.body === undefined ? {} : { body: target.body }),
+    ...(target.setupRequest === undefined ? {} : { setupRequest: target.setupRequest }),
+    ...(target.onResponse === undefined ? {} : { onResponse: target.onResponse })
+  }
+  const result = await autocannon({
+    url: base,
+    requests: [request as autocannon.Request],
     connections,
     duration: seconds
   })
@@ -103,6 +110,7 @@ async function main (): Promise<void> {
   databaseUrl.pathname = `/${database}`
   const prefix = `gh:bench:${randomBytes(4).toString('hex')}:`
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  const privatePem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
 
   const gatehouse = await startServer(['dist/src/server.js'], {
     NODE_ENV: 'production',
@@ -112,10 +120,16 @@ async function main (): Promise<void> {
     REDIS_PREFIX: prefix,
     // One client address drives the whole load: the per-IP limit would stop it at once.
     RATE_LIMIT_MAX: '1000000000',
-    JWT_PRIVATE_KEY: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+    RATE_LIMIT_AUTHENTICATED_MAX: '1000000000',
+    LOGIN_MAX_PER_IP: '1000000',
+    JWT_PRIVATE_KEY: privatePem
   }, '/api/health')
-  const floor = await startServer(['--import', 'tsx', 'bench/floor.ts'], {}, '/floor/health')
-  const context: BenchContext = { gatehouse: gatehouse.base, floor: floor.base }
+  const floor = await startServer(['--import', 'tsx', 'bench/floor.ts'], {
+    FLOOR_JWT_KEY: privatePem,
+    FLOOR_PASSWORD_HASH: await hashPassword(BENCH_PASSWORD),
+    FLOOR_REDIS_URL: redisUrl
+  }, '/floor/health')
+  const context: BenchContext = { gatehouse: gatehouse.base, floor: floor.base, connections }
 
   const rows: Row[] = []
   try {
@@ -124,10 +138,16 @@ async function main (): Promise<void> {
       await scenario.prepare?.(context)
       // A short warm-up lets the JIT and the caches settle before measuring.
       await measure(gatehouse.base, scenario.gatehouse(context), 2)
-      const measured = await measure(gatehouse.base, scenario.gatehouse(context))
+      const [measured] = await Promise.all([
+        measure(gatehouse.base, scenario.gatehouse(context)),
+        scenario.background === undefined ? undefined : measure(gatehouse.base, scenario.background.gatehouse(context))
+      ])
       const rss = await rssMegabytes(gatehouse.child.pid)
       await measure(floor.base, scenario.floor(context), 2)
-      const floorMeasured = await measure(floor.base, scenario.floor(context))
+      const [floorMeasured] = await Promise.all([
+        measure(floor.base, scenario.floor(context)),
+        scenario.background === undefined ? undefined : measure(floor.base, scenario.background.floor(context))
+      ])
       rows.push({ scenario: scenario.name, gatehouse: measured, rss, floor: floorMeasured })
       process.stderr.write(`measured ${scenario.name}\n`)
     }

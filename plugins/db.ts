@@ -73,7 +73,7 @@ export default fp(async (fastify) => {
  * PGlite must never be opened by two processes at once: a lock file holds the owner's pid.
  * A lock left by a process that no longer runs is taken over.
  */
-async function lockDataDir (dataDir: string): Promise<() => Promise<void>> {
+export async function lockDataDir (dataDir: string): Promise<() => Promise<void>> {
   await mkdir(dataDir, { recursive: true, mode: 0o700 })
   const lockFile = `${dataDir}.lock`
   const owner = Number(await readFile(lockFile, 'utf8').catch(() => ''))

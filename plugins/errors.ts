@@ -55,7 +55,10 @@ export function errorBody (error: FastifyError, request: FastifyRequest): { stat
     if (error.details !== undefined) body.details = error.details
     return { statusCode: error.statusCode, body }
   }
-  const statusCode = error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
+  // The store (Redis) not answering is a temporary condition, not a bug.
+  const statusCode = error.name === 'StoreUnavailableError'
+    ? 503
+    : error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
   switch (error.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return { statusCode: 413, body: { error: 'Request body is too large', code: 'PAYLOAD_TOO_LARGE' } }

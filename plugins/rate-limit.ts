@@ -1,8 +1,12 @@
 import rateLimit from '@fastify/rate-limit'
+import { createRequire } from 'node:module'
 import type { onRequestHookHandler, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { errors } from '../src/errors.js'
 import type { Store } from '../src/store/index.js'
+
+// @fastify/rate-limit's own IP normalization (IPv6 addresses are counted per /56 subnet).
+const { normalizeIP } = createRequire(import.meta.url)('@fastify/rate-limit') as { normalizeIP: (ip: string) => string }
 
 /** Route paths under the per-IP limit of SPEC decision 8 (seed 002: all of /api/*; seed 000's /auth/*). */
 const LIMITED_PREFIXES = ['/api/', '/auth/']
@@ -33,7 +37,8 @@ function storeAdapter (store: Store, namespace: string) {
 
 /**
  * Unauthenticated /api/* traffic: RATE_LIMIT_MAX requests per RATE_LIMIT_WINDOW per IP
- * (default 100 per 15 minutes, seed 002), with draft-spec RateLimit-* headers and a 429 in
+ * (default 100 per 15 minutes, seed 002); requests with a valid access token:
+ * RATE_LIMIT_AUTHENTICATED_MAX per user. With draft-spec RateLimit-* headers and a 429 in
  * the SPEC's error body. The client IP honours X-Forwarded-For only under TRUST_PROXY.
  * Routes opt out with `config: { rateLimit: false }` (health probes, public keys).
  * When the store is unreachable the limit is skipped rather than failing the request.
@@ -42,7 +47,9 @@ export default fp(async (fastify) => {
   const { config } = fastify
   await fastify.register(rateLimit, {
     global: false,
-    max: config.RATE_LIMIT_MAX,
+    // Signed-in traffic is counted per user (SPEC decision 8), the rest per IP.
+    keyGenerator: request => request.auth === null ? normalizeIP(request.ip) : `user:${request.auth.userId}`,
+    max: (_request, key) => key.startsWith('user:') ? config.RATE_LIMIT_AUTHENTICATED_MAX : config.RATE_LIMIT_MAX,
     timeWindow: config.RATE_LIMIT_WINDOW,
     enableDraftSpec: true,
     skipOnError: true,

@@ -9,10 +9,17 @@ import errorsPlugin from '../plugins/errors.js'
 import rateLimitPlugin from '../plugins/rate-limit.js'
 import securityPlugin from '../plugins/security.js'
 import storePlugin from '../plugins/store.js'
+import authPlugin from '../plugins/auth.js'
+import keysPlugin from '../plugins/keys.js'
+import adminRoutes from '../routes/admin/index.js'
+import authRoutes from '../routes/auth/index.js'
 import healthRoutes from '../routes/health/index.js'
+import jwksRoutes from '../routes/jwks/index.js'
 
 export interface AppOptions {
   config: Config
+  /** The clock (ms since the epoch); tests inject their own. */
+  now?: () => number
 }
 
 /** Fastify's constructor options, which depend on the configuration. */
@@ -37,16 +44,21 @@ export function serverOptions (config: Config): FastifyServerOptions {
  * routes. src/server.ts starts it; the tests build this very plugin.
  */
 export default async function app (fastify: FastifyInstance, options: AppOptions): Promise<void> {
-  await fastify.register(configPlugin, { config: options.config })
+  await fastify.register(configPlugin, options.now === undefined ? { config: options.config } : { config: options.config, now: options.now })
   await fastify.register(errorsPlugin)
   await fastify.register(securityPlugin)
   await fastify.register(dbPlugin)
   await fastify.register(storePlugin)
+  await fastify.register(keysPlugin)
+  await fastify.register(authPlugin)
   await fastify.register(rateLimitPlugin)
   await fastify.register(envelopePlugin)
   await fastify.register(docsPlugin)
 
   await fastify.register(healthRoutes)
+  await fastify.register(jwksRoutes)
+  await fastify.register(authRoutes)
+  await fastify.register(adminRoutes)
 
   fastify.addHook('onReady', async () => {
     const embedded = [

@@ -101,9 +101,26 @@ export const ConfigSchema = Type.Object({
   RESPONSE_ENVELOPE: oneOf(['none', 'success'], 'none',
     'success wraps every JSON body as seed 002 does: {success, data} or {success:false, message, code}.'),
 
-  JWT_PRIVATE_KEY: text('PEM private key that signs access tokens (production: this, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR).', 'a PEM-encoded private key', { secret: true }),
+  JWT_PRIVATE_KEY: text('PEM private key that signs access tokens (production: this, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR). Its type sets the algorithm: RSA → RS256, P-256 → ES256, Ed25519 → EdDSA.', 'a PEM-encoded private key', { secret: true }),
   JWT_PRIVATE_KEY_FILE: text('Path of a PEM private key file that signs access tokens.', 'a file path'),
-  JWT_KEYS_DIR: text('Directory holding the signing key set managed by `npm run keys` (rotation with overlap).', 'a directory path')
+  JWT_KEYS_DIR: text('Directory of the signing key set managed by `npm run keys` (rotation with overlap). Development default: DATA_DIR/keys, created at first start.', 'a directory path'),
+  JWT_ALG: oneOf(['RS256', 'ES256', 'EdDSA'], 'RS256', 'Algorithm of keys that Gatehouse generates (development key set, `npm run keys -- rotate`).'),
+  JWT_ISSUER: url('The `iss` claim of access tokens (default PUBLIC_URL).', ['http', 'https']),
+  JWT_AUDIENCE: Type.String({ default: 'gatehouse', minLength: 1, description: 'The `aud` claim of access tokens, checked on every request.', accepts: 'a non-empty string' }),
+  JWT_ACCESS_TTL: duration('15m', { description: 'Lifetime of access tokens.' }),
+  JWT_REFRESH_TTL: duration('1d', { description: 'Absolute lifetime of a session without remember-me (seed 004 style values such as 7d are accepted).' }),
+  JWT_REFRESH_REMEMBER_TTL: duration('30d', { description: 'Absolute lifetime of a session with remember-me.' }),
+  REFRESH_GRACE: duration('10s', { description: 'How long a just-rotated refresh token still yields the same successor (two tabs refreshing at once); after it, its reuse revokes the session.' }),
+  SESSION_SECRET: text('Secret (at least 32 characters) that derives each refresh token from its predecessor. Default: derived from the signing key material.', 'at least 32 characters', { secret: true, pattern: '^.{32,}$' }),
+
+  PASSWORD_AUTH: oneOf(['enabled', 'disabled'], 'enabled', 'disabled answers 410 on register and login (seed 003): magic links and identity providers only.'),
+  PASSWORD_MIN_LENGTH: integer(8, 8, 128, 'Shortest accepted password (longer ones are never truncated).'),
+  ALLOW_BOOTSTRAP: flag(false, 'Allows POST /api/auth/bootstrap in production (it is always allowed outside production) until an admin exists.'),
+  RATE_LIMIT_AUTHENTICATED_MAX: integer(3000, 1, 1_000_000_000, 'Requests per RATE_LIMIT_WINDOW per signed-in user (authenticated traffic is counted per user, not per IP).'),
+  LOGIN_MAX_PER_IP: integer(30, 1, 1_000_000, 'Sign-in and registration attempts per IP per LOGIN_WINDOW.'),
+  LOGIN_MAX_PER_ACCOUNT: integer(10, 1, 1_000_000, 'Sign-in attempts per e-mail address per LOGIN_WINDOW (whether or not the account exists).'),
+  LOGIN_WINDOW: duration('15m', { description: 'Window of the sign-in limits.' }),
+  REFRESH_MAX_PER_SESSION: integer(120, 1, 1_000_000, 'Refreshes per session per RATE_LIMIT_WINDOW.')
 })
 
 export type Config = StaticDecode<typeof ConfigSchema>

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -124,6 +124,9 @@ export async function tempDir (t: TestContext): Promise<string> {
 
 export type Env = Record<string, string | undefined>
 
+/** One signing key per test process (generating RSA keys per test would be slow). */
+export const testSigningKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+
 /** The configuration of a test app: its own database and namespace, quiet, generous limits. */
 export async function testConfig (t: TestContext, env: Env = {}): Promise<Config> {
   const base: Env = {
@@ -134,6 +137,8 @@ export async function testConfig (t: TestContext, env: Env = {}): Promise<Config
     REDIS_PREFIX: testRedisPrefix(t),
     MIGRATE_ON_START: 'false',
     RATE_LIMIT_MAX: '100000',
+    LOGIN_MAX_PER_IP: '100000',
+    JWT_PRIVATE_KEY: testSigningKey,
     DATA_DIR: await tempDir(t)
   }
   // PGlite serves one connection at a time.
@@ -147,10 +152,15 @@ export type TestApp = FastifyInstance & ReturnType<FastifyInstance['withTypeProv
  * Builds the application exactly as src/server.ts does, on a database and Redis namespace
  * of its own, and closes it at teardown. `extend` registers extra routes (for plugin tests).
  */
-export async function build (t: TestContext, env: Env = {}, extend?: (app: FastifyInstance) => Promise<void> | void): Promise<FastifyInstance> {
+export async function build (
+  t: TestContext,
+  env: Env = {},
+  extend?: (app: FastifyInstance) => Promise<void> | void,
+  options: { now?: () => number } = {}
+): Promise<FastifyInstance> {
   const config = await testConfig(t, env)
   const server = Fastify(serverOptions(config)).withTypeProvider<TypeBoxTypeProvider>()
-  await server.register(fp(app), { config })
+  await server.register(fp(app), options.now === undefined ? { config } : { config, now: options.now })
   if (extend !== undefined) await server.register(fp(async instance => { await extend(instance) }))
   t.teardown(async () => { await server.close() })
   await server.ready()

@@ -5,21 +5,58 @@ import type { ColumnType, Generated } from 'kysely'
  * (never optional) for nullable columns. Code uses Selectable / Insertable / Updateable.
  */
 
-type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>
-type Json = ColumnType<Record<string, unknown>, string | undefined, string>
+// Timestamps read as Date and are written as Date or ISO text. (Generated<> cannot wrap a
+// ColumnType, so the generated and nullable variants are spelled out.)
+type Timestamp = ColumnType<Date, Date | string, Date | string>
+type GeneratedTimestamp = ColumnType<Date, Date | string | undefined, Date | string>
+type NullableTimestamp = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>
+type GeneratedJson = ColumnType<Record<string, unknown>, string | undefined, string>
 
 export interface AuditLogTable {
   id: Generated<number>
-  occurred_at: Generated<Timestamp>
+  occurred_at: GeneratedTimestamp
   actor_user_id: string | null
   action: string
   subject_type: string | null
   subject_id: string | null
   ip: string | null
   user_agent: string | null
-  details: Generated<Json>
+  details: GeneratedJson
+}
+
+export interface UsersTable {
+  id: Generated<string>
+  email: string
+  name: Generated<string>
+  password_hash: string | null
+  role: Generated<'ADMIN' | 'MEMBER'>
+  is_active: Generated<boolean>
+  email_verified: Generated<boolean>
+  avatar_url: string | null
+  preferred_username: string | null
+  given_name: string | null
+  family_name: string | null
+  last_login_at: NullableTimestamp
+  created_at: GeneratedTimestamp
+  updated_at: GeneratedTimestamp
+}
+
+export interface SessionsTable {
+  id: string
+  user_id: string
+  method: string
+  remember_me: boolean
+  ip: string | null
+  user_agent: string | null
+  created_at: GeneratedTimestamp
+  last_used_at: GeneratedTimestamp
+  expires_at: Timestamp
+  revoked_at: NullableTimestamp
+  revoked_reason: string | null
 }
 
 export interface Database {
   audit_log: AuditLogTable
+  users: UsersTable
+  sessions: SessionsTable
 }

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
-import type { Counter, MessageHandler, Store } from './types.js'
+import type { Counter, MessageHandler, Revocation, RotationResult, SessionState, Store } from './types.js'
 
 /*
  * The in-process store of the embedded default. JavaScript runs one callback at a time, so
@@ -12,6 +12,14 @@ import type { Counter, MessageHandler, Store } from './types.js'
  */
 
 interface Entry { value: string, expiresAt: number }
+
+/** A session as the in-process store keeps it (JSON in an entry, so snapshots keep it too). */
+interface StoredSession extends SessionState {
+  current: string
+  previous: string | null
+  rotatedAt: number
+  used: string[]
+}
 
 export interface MemoryStoreOptions {
   prefix?: string
@@ -97,6 +105,75 @@ export class MemoryStore implements Store {
     const count = Number(entry.value) + 1
     entry.value = String(count)
     return { count, ttlMs: Math.max(0, entry.expiresAt - this.now()) }
+  }
+
+  private readSession (sessionId: string): StoredSession | undefined {
+    const entry = this.live(`sess:${sessionId}`)
+    return entry === undefined ? undefined : JSON.parse(entry.value) as StoredSession
+  }
+
+  private writeSession (sessionId: string, session: StoredSession): void {
+    this.entries.set(`${this.prefix}sess:${sessionId}`, { value: JSON.stringify(session), expiresAt: session.expiresAt })
+  }
+
+  async createSession (sessionId: string, state: SessionState, tokenHash: string): Promise<void> {
+    this.writeSession(sessionId, { ...state, current: tokenHash, previous: null, rotatedAt: 0, used: [] })
+  }
+
+  async getSession (sessionId: string): Promise<SessionState | null> {
+    const session = this.readSession(sessionId)
+    if (session === undefined) return null
+    return { userId: session.userId, rememberMe: session.rememberMe, expiresAt: session.expiresAt, workspaceId: session.workspaceId }
+  }
+
+  async setSessionWorkspace (sessionId: string, workspaceId: string | null): Promise<boolean> {
+    const session = this.readSession(sessionId)
+    if (session === undefined) return false
+    this.writeSession(sessionId, { ...session, workspaceId })
+    return true
+  }
+
+  async rotateRefreshToken (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number): Promise<RotationResult> {
+    const session = this.readSession(sessionId)
+    if (session === undefined || now >= session.expiresAt) return { status: 'invalid' }
+    const state: SessionState = { userId: session.userId, rememberMe: session.rememberMe, expiresAt: session.expiresAt, workspaceId: session.workspaceId }
+    if (presentedHash === session.current) {
+      this.writeSession(sessionId, {
+        ...session,
+        previous: session.current,
+        current: successorHash,
+        rotatedAt: now,
+        used: [...session.used, session.current]
+      })
+      return { status: 'rotated', session: state }
+    }
+    if (presentedHash === session.previous && now - session.rotatedAt <= graceMs) {
+      return { status: 'grace', session: state }
+    }
+    if (session.used.includes(presentedHash)) {
+      await this.deleteSession(sessionId)
+      return { status: 'reused', userId: session.userId }
+    }
+    return { status: 'invalid' }
+  }
+
+  async deleteSession (sessionId: string): Promise<boolean> {
+    return await this.del(`sess:${sessionId}`)
+  }
+
+  async addRevocation (kind: string, id: string, until: number): Promise<void> {
+    const key = `rev:${kind}`
+    const revoked = JSON.parse(this.live(key)?.value ?? '{}') as Record<string, number>
+    revoked[id] = Math.max(revoked[id] ?? 0, until)
+    this.entries.set(this.prefix + key, { value: JSON.stringify(revoked), expiresAt: Number.POSITIVE_INFINITY })
+  }
+
+  async listRevocations (kind: string, now: number): Promise<Revocation[]> {
+    const key = `rev:${kind}`
+    const revoked = JSON.parse(this.live(key)?.value ?? '{}') as Record<string, number>
+    const live = Object.entries(revoked).filter(([, until]) => until > now)
+    this.entries.set(this.prefix + key, { value: JSON.stringify(Object.fromEntries(live)), expiresAt: Number.POSITIVE_INFINITY })
+    return live.map(([id, until]) => ({ id, until }))
   }
 
   async publish (channel: string, message: string): Promise<void> {

@@ -1,6 +1,6 @@
 import { Redis, type RedisOptions } from 'ioredis'
 import { withTimeout } from '../lib/timeout.js'
-import type { Counter, MessageHandler, Store } from './types.js'
+import type { Counter, MessageHandler, Revocation, RotationResult, SessionState, Store } from './types.js'
 
 /*
  * The Redis implementation of the store contract. Anything that must be atomic is one Lua
@@ -28,7 +28,52 @@ if ttl < 0 then
 end
 return {count, ttl}`
 
+/*
+ * Sessions: a hash `sess:{id}` (uid, rem, exp, wid, cur, prev, rot) and a set
+ * `sess:{id}:used` of every retired token hash; both expire at the session's absolute
+ * expiry. The braces make them one hash slot, so the rotation script also runs on a Cluster.
+ *   KEYS: session, used   ARGV: presented hash, successor hash, now ms, grace ms
+ */
+const ROTATE_REFRESH_TOKEN = `
+local s = redis.call('HMGET', KEYS[1], 'uid', 'rem', 'exp', 'wid', 'cur', 'prev', 'rot')
+if not s[1] then return {'invalid'} end
+local now = tonumber(ARGV[3])
+local exp = tonumber(s[3])
+if now >= exp then return {'invalid'} end
+if ARGV[1] == s[5] then
+  redis.call('HSET', KEYS[1], 'prev', s[5], 'cur', ARGV[2], 'rot', ARGV[3])
+  redis.call('SADD', KEYS[2], s[5])
+  redis.call('PEXPIREAT', KEYS[2], exp)
+  return {'rotated', s[1], s[2], s[3], s[4]}
+end
+if s[6] and ARGV[1] == s[6] and now - tonumber(s[7]) <= tonumber(ARGV[4]) then
+  return {'grace', s[1], s[2], s[3], s[4]}
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return {'reused', s[1]}
+end
+return {'invalid'}`
+
+/* Sets a field of a hash only if the hash exists (HSET alone would create it, without TTL). */
+const SET_IF_EXISTS = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1`
+
+/* Revocations: a sorted set per kind, member = id, score = until (ms); old ones pruned on write. */
+const ADD_REVOCATION = `
+local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not current or tonumber(current) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+return 1`
+
 interface ScriptCommands {
+  ghRotateRefreshToken: (session: string, used: string, presented: string, successor: string, now: number, grace: number) => Promise<string[]>
+  ghAddRevocation: (key: string, id: string, until: number, now: number) => Promise<number>
+  ghSetIfExists: (key: string, field: string, value: string) => Promise<number>
   ghCompareAndSwap: (key: string, expected: string, next: string, ttlMs: string) => Promise<number>
   ghIncrementWindow: (key: string, windowMs: number) => Promise<[number, number]>
 }
@@ -65,6 +110,9 @@ export class RedisStore implements Store {
   private constructor (private readonly client: ScriptedRedis, private readonly prefix: string) {
     client.defineCommand('ghCompareAndSwap', { numberOfKeys: 1, lua: COMPARE_AND_SWAP })
     client.defineCommand('ghIncrementWindow', { numberOfKeys: 1, lua: INCREMENT_WINDOW })
+    client.defineCommand('ghRotateRefreshToken', { numberOfKeys: 2, lua: ROTATE_REFRESH_TOKEN })
+    client.defineCommand('ghAddRevocation', { numberOfKeys: 1, lua: ADD_REVOCATION })
+    client.defineCommand('ghSetIfExists', { numberOfKeys: 1, lua: SET_IF_EXISTS })
     client.on('ready', () => {
       if (this.readyOnce) for (const listener of this.reconnectListeners) listener()
       this.readyOnce = true
@@ -122,6 +170,60 @@ export class RedisStore implements Store {
   async increment (key: string, windowMs: number): Promise<Counter> {
     const [count, ttlMs] = await this.client.ghIncrementWindow(this.key(key), windowMs)
     return { count, ttlMs }
+  }
+
+  private sessionKey (sessionId: string): string {
+    return this.key(`sess:{${sessionId}}`)
+  }
+
+  async createSession (sessionId: string, state: SessionState, tokenHash: string): Promise<void> {
+    const key = this.sessionKey(sessionId)
+    await this.client.multi()
+      .hset(key, {
+        uid: state.userId,
+        rem: state.rememberMe ? '1' : '0',
+        exp: String(state.expiresAt),
+        wid: state.workspaceId ?? '',
+        cur: tokenHash,
+        rot: '0'
+      })
+      .pexpireat(key, state.expiresAt)
+      .exec()
+  }
+
+  async getSession (sessionId: string): Promise<SessionState | null> {
+    const [uid, rem, exp, wid] = await this.client.hmget(this.sessionKey(sessionId), 'uid', 'rem', 'exp', 'wid')
+    if (uid === null || uid === undefined) return null
+    return sessionState([uid, rem ?? '0', exp ?? '0', wid ?? ''])
+  }
+
+  async setSessionWorkspace (sessionId: string, workspaceId: string | null): Promise<boolean> {
+    return (await this.client.ghSetIfExists(this.sessionKey(sessionId), 'wid', workspaceId ?? '')) === 1
+  }
+
+  async rotateRefreshToken (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number): Promise<RotationResult> {
+    const key = this.sessionKey(sessionId)
+    const result = await this.client.ghRotateRefreshToken(key, `${key}:used`, presentedHash, successorHash, now, graceMs)
+    const status = result[0]
+    if (status === 'rotated' || status === 'grace') return { status, session: sessionState(result.slice(1)) }
+    if (status === 'reused') return { status, userId: result[1]! }
+    return { status: 'invalid' }
+  }
+
+  async deleteSession (sessionId: string): Promise<boolean> {
+    const key = this.sessionKey(sessionId)
+    return (await this.client.del(key, `${key}:used`)) > 0
+  }
+
+  async addRevocation (kind: string, id: string, until: number): Promise<void> {
+    await this.client.ghAddRevocation(this.key(`rev:${kind}`), id, until, Date.now())
+  }
+
+  async listRevocations (kind: string, now: number): Promise<Revocation[]> {
+    const flat = await this.client.zrangebyscore(this.key(`rev:${kind}`), `(${now}`, '+inf', 'WITHSCORES')
+    const revocations: Revocation[] = []
+    for (let i = 0; i < flat.length; i += 2) revocations.push({ id: flat[i]!, until: Number(flat[i + 1]) })
+    return revocations
   }
 
   async publish (channel: string, message: string): Promise<void> {
@@ -183,4 +285,8 @@ export class RedisStore implements Store {
       await connection.quit().catch(() => connection.disconnect())
     }))
   }
+}
+
+function sessionState ([uid, rem, exp, wid]: string[]): SessionState {
+  return { userId: uid!, rememberMe: rem === '1', expiresAt: Number(exp), workspaceId: wid === '' || wid === undefined ? null : wid }
 }

@@ -17,6 +17,31 @@ export interface Counter {
 
 export type MessageHandler = (message: string) => void
 
+/** What the store keeps of a session (its metadata lives in PostgreSQL). */
+export interface SessionState {
+  userId: string
+  rememberMe: boolean
+  /** Absolute expiry, ms since the epoch; never moved by a refresh. */
+  expiresAt: number
+  /** The active workspace, when any. */
+  workspaceId: string | null
+}
+
+/**
+ * The outcome of presenting a refresh token (its hash) for rotation:
+ *  - rotated: it was the current token; the successor is now current.
+ *  - grace:   it was the previous token, rotated less than the grace window ago; the
+ *             successor (already current) is handed out again.
+ *  - reused:  it was an earlier token of this session: the session has been deleted.
+ *  - invalid: no such session or token (unknown, expired, revoked).
+ */
+export type RotationResult =
+  | { status: 'rotated' | 'grace', session: SessionState }
+  | { status: 'reused', userId: string }
+  | { status: 'invalid' }
+
+export interface Revocation { id: string, until: number }
+
 export interface Store {
   readonly kind: 'redis' | 'memory'
 
@@ -36,6 +61,24 @@ export interface Store {
   compareAndSwap: (key: string, expected: string, next: string, ttlMs?: number) => Promise<boolean>
   /** Fixed-window counter (rate limits): increments and starts the window on the first hit. */
   increment: (key: string, windowMs: number) => Promise<Counter>
+
+  /** Creates a session whose current refresh token has hash `tokenHash`; it expires at `state.expiresAt`. */
+  createSession: (sessionId: string, state: SessionState, tokenHash: string) => Promise<void>
+  getSession: (sessionId: string) => Promise<SessionState | null>
+  /** Changes the active workspace of a live session; false when the session is gone. */
+  setSessionWorkspace: (sessionId: string, workspaceId: string | null) => Promise<boolean>
+  /**
+   * Rotates atomically: if `presentedHash` is the current token's hash, `successorHash`
+   * becomes current (see RotationResult). `now` and `graceMs` decide expiry and grace.
+   */
+  rotateRefreshToken: (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number) => Promise<RotationResult>
+  /** Deletes a session and its token history; true when it existed. */
+  deleteSession: (sessionId: string) => Promise<boolean>
+
+  /** Records that `id` (of a kind: "session", "token" …) is revoked until `until` (ms). */
+  addRevocation: (kind: string, id: string, until: number) => Promise<void>
+  /** The revocations of a kind still in force at `now`. */
+  listRevocations: (kind: string, now: number) => Promise<Revocation[]>
 
   /** Publishes to every subscriber of the channel, on every instance sharing the store. */
   publish: (channel: string, message: string) => Promise<void>

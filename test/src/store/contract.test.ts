@@ -130,6 +130,80 @@ for (const [name, create] of implementations) {
       t.same(heard, [], 'nor the channel')
     })
 
+    t.test('sessions: create, read, change workspace, delete', async t => {
+      const store = await create(t)
+      const expiresAt = Date.now() + 60_000
+      await store.createSession('s1', { userId: 'u1', rememberMe: true, expiresAt, workspaceId: null }, 'hash-0')
+      t.same(await store.getSession('s1'), { userId: 'u1', rememberMe: true, expiresAt, workspaceId: null })
+      t.equal(await store.setSessionWorkspace('s1', 'w9'), true)
+      t.equal((await store.getSession('s1'))?.workspaceId, 'w9')
+      t.equal(await store.setSessionWorkspace('nope', 'w9'), false, 'a missing session is not changed')
+      t.equal(await store.getSession('nope'), null, 'nor created')
+      t.equal(await store.deleteSession('s1'), true)
+      t.equal(await store.getSession('s1'), null)
+      t.equal(await store.deleteSession('s1'), false)
+    })
+
+    t.test('sessions expire at their absolute expiry', async t => {
+      const store = await create(t)
+      await store.createSession('brief', { userId: 'u1', rememberMe: false, expiresAt: Date.now() + 100, workspaceId: null }, 'h')
+      await sleep(180)
+      t.equal(await store.getSession('brief'), null)
+    })
+
+    t.test('refresh rotation: current, grace, reuse, unknown', async t => {
+      const store = await create(t)
+      const now = Date.now()
+      const expiresAt = now + 60_000
+      await store.createSession('s', { userId: 'u1', rememberMe: false, expiresAt, workspaceId: null }, 'h0')
+      const state = { userId: 'u1', rememberMe: false, expiresAt, workspaceId: null }
+      t.same(await store.rotateRefreshToken('s', 'h0', 'h1', now, 10_000), { status: 'rotated', session: state }, 'the current token rotates')
+      t.same(await store.rotateRefreshToken('s', 'h0', 'h1', now + 5_000, 10_000), { status: 'grace', session: state }, 'the previous token within the grace window')
+      t.same(await store.rotateRefreshToken('s', 'h1', 'h2', now + 6_000, 10_000), { status: 'rotated', session: state }, 'the successor rotates on')
+      t.same(await store.rotateRefreshToken('s', 'garbage', 'x', now + 6_000, 10_000), { status: 'invalid' }, 'an unknown hash is invalid and harmless')
+      t.ok(await store.getSession('s'), 'the session survives an unknown hash')
+      t.same(await store.rotateRefreshToken('s', 'h0', 'h1', now + 7_000, 10_000), { status: 'reused', userId: 'u1' }, 'an older token is reuse')
+      t.equal(await store.getSession('s'), null, 'reuse deletes the session')
+      t.same(await store.rotateRefreshToken('s', 'h2', 'h3', now + 7_000, 10_000), { status: 'invalid' }, 'even its newest token is dead')
+    })
+
+    t.test('refresh rotation: the previous token after the grace window is reuse', async t => {
+      const store = await create(t)
+      const now = Date.now()
+      await store.createSession('s', { userId: 'u2', rememberMe: true, expiresAt: now + 60_000, workspaceId: null }, 'h0')
+      await store.rotateRefreshToken('s', 'h0', 'h1', now, 10_000)
+      t.same(await store.rotateRefreshToken('s', 'h0', 'h1', now + 10_001, 10_000), { status: 'reused', userId: 'u2' })
+      t.equal(await store.getSession('s'), null)
+    })
+
+    t.test('refresh rotation: never past the absolute expiry', async t => {
+      const store = await create(t)
+      const now = Date.now()
+      await store.createSession('s', { userId: 'u3', rememberMe: false, expiresAt: now + 60_000, workspaceId: null }, 'h0')
+      t.same(await store.rotateRefreshToken('s', 'h0', 'h1', now + 60_000, 10_000), { status: 'invalid' })
+    })
+
+    t.test('refresh rotation: parallel presentations of one token all get the successor', async t => {
+      const store = await create(t)
+      const now = Date.now()
+      await store.createSession('s', { userId: 'u4', rememberMe: false, expiresAt: now + 60_000, workspaceId: null }, 'h0')
+      const results = await Promise.all(Array.from({ length: 20 }, () => store.rotateRefreshToken('s', 'h0', 'h1', now, 10_000)))
+      t.equal(results.filter(result => result.status === 'rotated').length, 1, 'one rotation')
+      t.equal(results.filter(result => result.status === 'grace').length, 19, 'the others in grace')
+      t.same(await store.rotateRefreshToken('s', 'h1', 'h2', now, 10_000), { status: 'rotated', session: { userId: 'u4', rememberMe: false, expiresAt: now + 60_000, workspaceId: null } })
+    })
+
+    t.test('revocations: listed until they lapse', async t => {
+      const store = await create(t)
+      const now = Date.now()
+      await store.addRevocation('session', 'a', now + 60_000)
+      await store.addRevocation('session', 'b', now - 1)
+      await store.addRevocation('session', 'a', now + 30_000)
+      await store.addRevocation('other', 'c', now + 60_000)
+      t.same(await store.listRevocations('session', now), [{ id: 'a', until: now + 60_000 }], 'lapsed ones dropped, the later until kept')
+      t.same(await store.listRevocations('session', now + 60_000), [])
+    })
+
     t.test('ping answers', async t => {
       const store = await create(t)
       await t.resolves(store.ping())

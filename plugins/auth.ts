@@ -1,0 +1,423 @@
+import cookie from '@fastify/cookie'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Kysely, Transaction } from 'kysely'
+import { isProduction, publicUrl } from '../src/config.js'
+import type { Database } from '../src/db/types.js'
+import { errors } from '../src/errors.js'
+import { hashToken, newRefreshToken, newSessionId, sessionIdOf, successorOf } from '../src/auth/refresh-tokens.js'
+import { audit, USER_COLUMNS, type UserRecord } from '../src/auth/users.js'
+import type { SessionState } from '../src/store/types.js'
+import type { AccessTokenClaims } from './keys.js'
+
+/** Who made a request, from a verified access token. */
+export interface Auth {
+  userId: string
+  sessionId: string
+  role: 'ADMIN' | 'MEMBER'
+  workspaceId: string | null
+  claims: AccessTokenClaims
+}
+
+/** Where a request came from, for session metadata and the audit log. */
+export interface Origin { ip: string, userAgent?: string }
+
+export type SignInMethod = 'password' | 'bootstrap' | 'magic_link' | 'oauth'
+
+export interface StartSession {
+  user: Pick<UserRecord, 'id' | 'role'>
+  method: SignInMethod
+  rememberMe: boolean
+  origin: Origin
+  workspaceId?: string | null
+}
+
+export interface IssuedSession {
+  sessionId: string
+  refreshToken: string
+  accessToken: string
+  /** Seconds until the access token expires. */
+  expiresIn: number
+  rememberMe: boolean
+  /** Absolute expiry of the session, ms. */
+  expiresAt: number
+}
+
+/** Who ends a session, for the audit log. */
+export interface Actor { userId?: string | null, origin?: Origin }
+
+export type RevokeReason = 'logout' | 'logout_all' | 'revoked' | 'refresh_reuse' | 'user_deactivated'
+
+export interface Sessions {
+  /**
+   * Creates a session for a user who has just signed in: its state in the store, its
+   * metadata row in PostgreSQL (in the caller's transaction, so that a failed sign-in leaves
+   * nothing behind) and its first tokens.
+   */
+  start: (trx: Transaction<Database>, options: StartSession) => Promise<IssuedSession>
+  /** Rotates a refresh token; throws 401 for an invalid or reused one, 403 for an inactive user. */
+  refresh: (refreshToken: string, origin: Origin) => Promise<IssuedSession>
+  /** True when the refresh token is the current (or grace) token of a live session; that session id. */
+  sessionOfRefreshToken: (refreshToken: string) => Promise<string | undefined>
+  /** Ends a session everywhere: store, revocation set on every instance, PostgreSQL. */
+  revoke: (sessionId: string, reason: RevokeReason, actor: Actor) => Promise<void>
+  /** Ends every live session of a user (but `except`); how many. */
+  revokeAll: (userId: string, reason: RevokeReason, actor: Actor, except?: string) => Promise<number>
+  /** Is this session revoked (in-process, no store round trip)? */
+  isRevoked: (sessionId: string) => boolean
+}
+
+export interface Users {
+  /** A user by id, from a short-lived in-process cache invalidated on every change. */
+  get: (id: string) => Promise<UserRecord | undefined>
+  /** Drops a user from every instance's cache (after any change to the row). */
+  changed: (id: string) => Promise<void>
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The verified access token of the request, or null. */
+    auth: Auth | null
+    /** Set when an Authorization header was sent but did not verify. */
+    authInvalid: boolean
+    /** The user of a valid token whose session is revoked. */
+    revokedUserId: string | null
+    /** The signed-in user, set by `fastify.authenticate`. */
+    user: UserRecord | null
+  }
+  interface FastifyInstance {
+    sessions: Sessions
+    users: Users
+    /** preParsing hook: 401 without a valid access token, 403 for an inactive user. */
+    authenticate: (request: FastifyRequest) => Promise<void>
+    /** preParsing hook: authenticate, then 403 unless the user is a global ADMIN. */
+    authenticateAdmin: (request: FastifyRequest) => Promise<void>
+    /** Sets the refresh_token and access_token cookies. */
+    setSessionCookies: (reply: FastifyReply, session: IssuedSession) => void
+    clearSessionCookies: (reply: FastifyReply) => void
+    /** Refuses a cookie-authenticated POST from an origin that is not ours, or that is not JSON. */
+    checkCookieRequest: (request: FastifyRequest) => void
+    /** The client's origin: IP (under TRUST_PROXY) and user agent. */
+    originOf: (request: FastifyRequest) => Origin
+  }
+}
+
+const CHANNEL = 'auth'
+const USER_CACHE_TTL = 30_000
+const USER_CACHE_MAX = 100_000
+const CLOCK_TOLERANCE = 5_000
+const BEARER = /^Bearer +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+) *$/i
+
+export const REFRESH_COOKIE = 'refresh_token'
+export const ACCESS_COOKIE = 'access_token'
+
+/**
+ * Authentication for every route: verifies the bearer access token once per request
+ * (fast-jwt, with its bounded verification cache), refuses revoked sessions from an
+ * in-process set fed by the store's pub/sub, and keeps users in a 30 s cache that every
+ * change invalidates on every instance — so an authenticated request costs no database
+ * query and no store round trip. Also the session service (sign-in, refresh rotation,
+ * revocation) and the session cookies.
+ */
+export default fp(async (fastify) => {
+  const { config, store, db, keys } = fastify
+  const production = isProduction(config)
+  const graceMs = config.REFRESH_GRACE
+  const revokedFor = config.JWT_ACCESS_TTL + CLOCK_TOLERANCE
+
+  await fastify.register(cookie, { hook: false })
+
+  // --- revoked sessions: in-process, fed by pub/sub, refilled from the store ---------------
+  const revoked = new Map<string, number>()
+  const userCache = new Map<string, { at: number, user: Promise<UserRecord | undefined> }>()
+
+  const onMessage = (message: string): void => {
+    const [kind, id, until] = message.split(':')
+    if (kind === 's' && id !== undefined) revoked.set(id, Number(until))
+    if (kind === 'u' && id !== undefined) userCache.delete(id)
+  }
+  const refill = async (): Promise<void> => {
+    userCache.clear()
+    for (const { id, until } of await store.listRevocations('session', Date.now())) revoked.set(id, until)
+  }
+  // Subscribe first, then read what was revoked before: nothing falls between the two. When
+  // the store is down at start the server still starts (readiness says so) and catches up
+  // when the store comes back.
+  let unsubscribe: (() => Promise<void>) | undefined
+  const catchUp = async (): Promise<void> => {
+    unsubscribe ??= await store.subscribe(CHANNEL, onMessage)
+    await refill()
+  }
+  await catchUp().catch(error => { fastify.log.warn({ err: error }, 'store unavailable: the revocation set will be filled when it answers') })
+  store.onReconnect(() => {
+    catchUp().catch(error => fastify.log.warn({ err: error }, 'could not refill the revocation set'))
+  })
+  const prune = setInterval(() => {
+    const now = Date.now()
+    for (const [id, until] of revoked) if (until <= now) revoked.delete(id)
+  }, 60_000).unref()
+
+  // --- last use of sessions, written in batches ---------------------------------------------
+  let lastUsed = new Map<string, Date>()
+  const flushLastUsed = async (): Promise<void> => {
+    if (lastUsed.size === 0) return
+    const batch = lastUsed
+    lastUsed = new Map()
+    for (const [id, at] of batch) {
+      await db.updateTable('sessions').set({ last_used_at: at }).where('id', '=', id).where('last_used_at', '<', at).execute()
+    }
+  }
+  const flusher = setInterval(() => {
+    flushLastUsed().catch(error => fastify.log.warn({ err: error }, 'could not record session use'))
+  }, 15_000).unref()
+
+  fastify.addHook('onClose', async () => {
+    clearInterval(prune)
+    clearInterval(flusher)
+    await flushLastUsed().catch(() => {})
+    await unsubscribe?.().catch(() => {})
+  })
+
+  // --- users -----------------------------------------------------------------------------
+  const loadUser = async (id: string): Promise<UserRecord | undefined> =>
+    await db.selectFrom('users').select(USER_COLUMNS).where('id', '=', id).executeTakeFirst()
+
+  const users: Users = {
+    async get (id) {
+      const now = Date.now()
+      const cached = userCache.get(id)
+      if (cached !== undefined && now - cached.at < USER_CACHE_TTL) return await cached.user
+      if (userCache.size >= USER_CACHE_MAX) userCache.delete(userCache.keys().next().value!)
+      const user = loadUser(id)
+      userCache.set(id, { at: now, user })
+      user.catch(() => { userCache.delete(id) })
+      return await user
+    },
+    async changed (id) {
+      userCache.delete(id)
+      await store.publish(CHANNEL, `u:${id}`)
+    }
+  }
+
+  // --- sessions --------------------------------------------------------------------------
+  const issueAccessToken = (userId: string, role: 'ADMIN' | 'MEMBER', sessionId: string, state: SessionState) =>
+    keys.signAccessToken({ sub: userId, sid: sessionId, role, ...(state.workspaceId === null ? {} : { wid: state.workspaceId }) }, state.expiresAt)
+
+  const revokeInStore = async (sessionId: string): Promise<void> => {
+    const until = Date.now() + revokedFor
+    revoked.set(sessionId, until)
+    await store.deleteSession(sessionId)
+    await store.addRevocation('session', sessionId, until)
+    await store.publish(CHANNEL, `s:${sessionId}:${until}`)
+  }
+
+  const markRevoked = async (executor: Kysely<Database>, sessionIds: string[], reason: RevokeReason): Promise<void> => {
+    if (sessionIds.length === 0) return
+    await executor.updateTable('sessions')
+      .set({ revoked_at: new Date(fastify.now()), revoked_reason: reason })
+      .where('id', 'in', sessionIds).where('revoked_at', 'is', null)
+      .execute()
+  }
+
+  /** The audit fields of whoever acted. */
+  const by = (actor: Actor) => ({ actorUserId: actor.userId ?? null, ip: actor.origin?.ip, userAgent: actor.origin?.userAgent })
+
+  const sessions: Sessions = {
+    async start (trx, { user, method, rememberMe, origin, workspaceId = null }) {
+      const now = fastify.now()
+      const sessionId = newSessionId()
+      const refreshToken = newRefreshToken(sessionId)
+      const state: SessionState = {
+        userId: user.id,
+        rememberMe,
+        expiresAt: now + (rememberMe ? config.JWT_REFRESH_REMEMBER_TTL : config.JWT_REFRESH_TTL),
+        workspaceId
+      }
+      await trx.insertInto('sessions').values({
+        id: sessionId,
+        user_id: user.id,
+        method,
+        remember_me: rememberMe,
+        ip: origin.ip,
+        user_agent: origin.userAgent?.slice(0, 512) ?? null,
+        created_at: new Date(now),
+        last_used_at: new Date(now),
+        expires_at: new Date(state.expiresAt)
+      }).execute()
+      // The store last: if the transaction fails after this, the session is one whose
+      // token was never handed out, and it expires on its own.
+      await store.createSession(sessionId, state, hashToken(refreshToken))
+      const access = issueAccessToken(user.id, user.role, sessionId, state)
+      return { sessionId, refreshToken, accessToken: access.token, expiresIn: access.expiresIn, rememberMe, expiresAt: state.expiresAt }
+    },
+
+    async refresh (refreshToken, origin) {
+      const sessionId = sessionIdOf(refreshToken)
+      if (sessionId === undefined) throw errors.unauthorized('Invalid refresh token', 'INVALID_REFRESH_TOKEN')
+      const successor = successorOf(keys.sessionSecret, refreshToken, sessionId)
+      const result = await store.rotateRefreshToken(sessionId, hashToken(refreshToken), hashToken(successor), fastify.now(), graceMs)
+      if (result.status === 'invalid') throw errors.unauthorized('Invalid refresh token', 'INVALID_REFRESH_TOKEN')
+      if (result.status === 'reused') {
+        // A token that was already rotated came back after the grace window: it was stolen
+        // or replayed. The store has deleted the session; end its access tokens too.
+        await revokeInStore(sessionId)
+        await db.transaction().execute(async trx => {
+          await markRevoked(trx, [sessionId], 'refresh_reuse')
+          await audit(trx, { action: 'session.refresh_reuse', actorUserId: result.userId, subjectType: 'session', subjectId: sessionId, ip: origin.ip, userAgent: origin.userAgent })
+        })
+        fastify.log.warn({ sessionId, userId: result.userId }, 'refresh token reuse: session revoked')
+        throw errors.unauthorized('Invalid refresh token', 'INVALID_REFRESH_TOKEN')
+      }
+      const { session } = result
+      const user = await users.get(session.userId)
+      if (user === undefined) {
+        await revokeInStore(sessionId)
+        throw errors.unauthorized('Invalid refresh token', 'INVALID_REFRESH_TOKEN')
+      }
+      if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+      lastUsed.set(sessionId, new Date(fastify.now()))
+      const access = issueAccessToken(user.id, user.role, sessionId, session)
+      return { sessionId, refreshToken: successor, accessToken: access.token, expiresIn: access.expiresIn, rememberMe: session.rememberMe, expiresAt: session.expiresAt }
+    },
+
+    async sessionOfRefreshToken (refreshToken) {
+      const sessionId = sessionIdOf(refreshToken)
+      if (sessionId === undefined) return undefined
+      // A rotation to the token's own successor proves possession without changing what the
+      // holder can do next (the successor is what a refresh would have given anyway).
+      const successor = successorOf(keys.sessionSecret, refreshToken, sessionId)
+      const result = await store.rotateRefreshToken(sessionId, hashToken(refreshToken), hashToken(successor), fastify.now(), graceMs)
+      return result.status === 'rotated' || result.status === 'grace' ? sessionId : undefined
+    },
+
+    async revoke (sessionId, reason, actor) {
+      await revokeInStore(sessionId)
+      await db.transaction().execute(async trx => {
+        const row = await trx.selectFrom('sessions').select('user_id').where('id', '=', sessionId).executeTakeFirst()
+        await markRevoked(trx, [sessionId], reason)
+        await audit(trx, {
+          action: reason === 'logout' ? 'auth.logout' : 'session.revoked',
+          ...by(actor),
+          subjectType: 'session',
+          subjectId: sessionId,
+          details: { reason, userId: row?.user_id ?? null }
+        })
+      })
+    },
+
+    async revokeAll (userId, reason, actor, except) {
+      let query = db.selectFrom('sessions').select('id')
+        .where('user_id', '=', userId).where('revoked_at', 'is', null).where('expires_at', '>', new Date(fastify.now()))
+      if (except !== undefined) query = query.where('id', '<>', except)
+      const ids = (await query.execute()).map(row => row.id)
+      await Promise.all(ids.map(revokeInStore))
+      await db.transaction().execute(async trx => {
+        await markRevoked(trx, ids, reason)
+        await audit(trx, {
+          action: reason === 'logout_all' ? 'auth.logout_all' : 'session.revoked',
+          ...by(actor),
+          subjectType: 'user',
+          subjectId: userId,
+          details: { reason, sessions: ids.length }
+        })
+      })
+      return ids.length
+    },
+
+    isRevoked: sessionId => {
+      const until = revoked.get(sessionId)
+      return until !== undefined && until > Date.now()
+    }
+  }
+
+  // --- every request: who is it? -----------------------------------------------------------
+  fastify.decorateRequest('auth', null)
+  fastify.decorateRequest('authInvalid', false)
+  fastify.decorateRequest('user', null)
+  fastify.decorateRequest('revokedUserId', null)
+
+  fastify.addHook('onRequest', async (request) => {
+    const header = request.headers.authorization
+    if (header === undefined) return
+    const token = BEARER.exec(header)?.[1]
+    if (token === undefined) {
+      // Not ours (integration tokens arrive later) or malformed.
+      request.authInvalid = true
+      return
+    }
+    let claims: AccessTokenClaims
+    try {
+      claims = await keys.verifyAccessToken(token)
+    } catch {
+      request.authInvalid = true
+      return
+    }
+    if (sessions.isRevoked(claims.sid)) {
+      request.authInvalid = true
+      request.revokedUserId = claims.sub
+      return
+    }
+    request.auth = { userId: claims.sub, sessionId: claims.sid, role: claims.role, workspaceId: claims.wid ?? null, claims }
+  })
+
+  const authenticate = async (request: FastifyRequest): Promise<void> => {
+    const { auth } = request
+    if (auth === null) {
+      // A deactivated user's sessions are revoked; they are told why (seed 002: 403).
+      if (request.revokedUserId !== null && (await users.get(request.revokedUserId))?.is_active === false) {
+        throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+      }
+      throw request.authInvalid
+        ? errors.unauthorized('Invalid or expired token', 'TOKEN_INVALID')
+        : errors.unauthorized('Access token required', 'TOKEN_REQUIRED')
+    }
+    const user = await users.get(auth.userId)
+    if (user === undefined) throw errors.unauthorized('Invalid or expired token', 'TOKEN_INVALID')
+    if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+    request.user = user
+  }
+  fastify.decorate('authenticate', authenticate)
+  fastify.decorate('authenticateAdmin', async (request: FastifyRequest) => {
+    await authenticate(request)
+    if (request.user!.role !== 'ADMIN') throw errors.forbidden('Admin access required', 'ADMIN_REQUIRED')
+  })
+
+  // --- cookies ------------------------------------------------------------------------------
+  const cookieBase = { httpOnly: true, secure: production, sameSite: 'strict' as const }
+  fastify.decorate('setSessionCookies', (reply: FastifyReply, session: IssuedSession) => {
+    const remaining = Math.max(0, Math.floor((session.expiresAt - fastify.now()) / 1000))
+    reply.setCookie(REFRESH_COOKIE, session.refreshToken, {
+      ...cookieBase,
+      path: '/api/auth',
+      ...(session.rememberMe ? { maxAge: remaining, expires: new Date(session.expiresAt) } : {})
+    })
+    // For the WebSocket upgrade only: never accepted as authentication anywhere else.
+    reply.setCookie(ACCESS_COOKIE, session.accessToken, { ...cookieBase, path: '/api/ws' })
+  })
+  fastify.decorate('clearSessionCookies', (reply: FastifyReply) => {
+    reply.clearCookie(REFRESH_COOKIE, { ...cookieBase, path: '/api/auth' })
+    reply.clearCookie(ACCESS_COOKIE, { ...cookieBase, path: '/api/ws' })
+  })
+
+  // Origins whose pages may use the refresh cookie: the allow-list and our own URLs.
+  const ownOrigins = new Set(config.CORS_ORIGINS.filter(origin => origin !== '*'))
+  ownOrigins.add(new URL(publicUrl(config)).origin)
+  if (config.FRONTEND_URL !== undefined) ownOrigins.add(new URL(config.FRONTEND_URL).origin)
+  fastify.decorate('checkCookieRequest', (request: FastifyRequest) => {
+    const origin = request.headers.origin
+    if (origin === undefined || !ownOrigins.has(origin)) {
+      throw errors.forbidden('Cookie-authenticated requests must come from an allowed origin', 'ORIGIN_NOT_ALLOWED')
+    }
+    const type = request.headers['content-type']
+    if (type !== undefined && !/^application\/json\s*(;|$)/i.test(type)) {
+      throw errors.forbidden('Cookie-authenticated requests must send application/json', 'ORIGIN_NOT_ALLOWED')
+    }
+  })
+  fastify.decorate('originOf', (request: FastifyRequest): Origin => {
+    const userAgent = request.headers['user-agent']
+    return userAgent === undefined ? { ip: request.ip } : { ip: request.ip, userAgent }
+  })
+
+  fastify.decorate('sessions', sessions)
+  fastify.decorate('users', users)
+}, { name: 'auth', dependencies: ['config', 'db', 'store', 'keys'], fastify: '5.x' })
