@@ -50,6 +50,8 @@ declare module 'fastify' {
 
 const ALGORITHMS: Algorithm[] = ['RS256', 'ES256', 'EdDSA']
 const REQUIRED_CLAIMS = ['iss', 'aud', 'sub', 'sid', 'role', 'iat', 'exp', 'jti']
+const CLOCK_TOLERANCE = 5_000
+const VERIFIED_CACHE_MAX = 10_000
 
 /**
  * Access-token signing and verification (fast-jwt), and the public key set. Verification
@@ -87,6 +89,10 @@ export default fp(async (fastify) => {
   if (config.SESSION_SECRET !== undefined) sessionSecret = Buffer.from(config.SESSION_SECRET, 'utf8')
 
   let byKid = new Map<string, { key: SigningKey, publicPem: string }>()
+  // Verified tokens, so that a token seen before does not pay for its signature again: keyed
+  // by the token itself (no hashing per request), bounded, dropped at expiry and whenever the
+  // published keys change. Revocation is checked after this cache, by the auth plugin.
+  const verified = new Map<string, AccessTokenClaims>()
   let signer: ((payload: Record<string, unknown>) => string) | undefined
   let signingKid = ''
   let jwksBody = ''
@@ -101,6 +107,7 @@ export default fp(async (fastify) => {
     const kids = published.map(key => key.kid).join(',')
     if (active.kid === signingKid && kids === [...byKid.keys()].join(',')) return
     byKid = new Map(published.map(key => [key.kid, { key, publicPem: key.publicKey.export({ type: 'spki', format: 'pem' }).toString() }]))
+    verified.clear()
     signingKid = active.kid
     signer = createSigner({
       key: active.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
@@ -123,9 +130,7 @@ export default fp(async (fastify) => {
     allowedIss: issuer,
     allowedAud: audience,
     requiredClaims: REQUIRED_CLAIMS,
-    clockTolerance: 5_000,
-    cache: 10_000,
-    cacheTTL: config.JWT_ACCESS_TTL
+    clockTolerance: CLOCK_TOLERANCE
   })
 
   const reload = async (): Promise<void> => {
@@ -164,7 +169,15 @@ export default fp(async (fastify) => {
       return { token: signer!(payload as unknown as Record<string, unknown>), expiresIn: exp - iat }
     },
     async verifyAccessToken (token) {
-      return await (verify(token) as Promise<AccessTokenClaims>)
+      const hit = verified.get(token)
+      if (hit !== undefined) {
+        if (hit.exp * 1000 + CLOCK_TOLERANCE > Date.now()) return hit
+        verified.delete(token)
+      }
+      const claims = await (verify(token) as Promise<AccessTokenClaims>)
+      if (verified.size >= VERIFIED_CACHE_MAX) verified.delete(verified.keys().next().value!)
+      verified.set(token, claims)
+      return claims
     },
     jwks: () => jwksBody,
     sessionSecret,

@@ -33,6 +33,19 @@ const BASE_HELMET: HelmetOptions = {
 
 type Middleware = (request: IncomingMessage, response: ServerResponse, next: (error?: unknown) => void) => void
 
+/** The headers helmet sets with these options (its middleware is synchronous and request-independent). */
+function helmetHeaders (options: HelmetOptions): Record<string, string> {
+  const headers: Record<string, string> = {}
+  const recorder = {
+    setHeader (name: string, value: string) { headers[name.toLowerCase()] = value },
+    removeHeader (name: string) { Reflect.deleteProperty(headers, name.toLowerCase()) }
+  }
+  let outcome: unknown = 'pending'
+  ;(helmet(options) as Middleware)({} as IncomingMessage, recorder as unknown as ServerResponse, error => { outcome = error })
+  if (outcome !== undefined) throw new Error(`helmet could not compute its headers: ${String(outcome)}`)
+  return headers
+}
+
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE']
 const ALLOWED_HEADERS = ['Content-Type', 'Authorization', 'X-Workspace-Id']
 const EXPOSED_HEADERS = ['RateLimit-Limit', 'RateLimit-Remaining', 'RateLimit-Reset', 'Retry-After']
@@ -45,21 +58,23 @@ const EXPOSED_HEADERS = ['RateLimit-Limit', 'RateLimit-Remaining', 'RateLimit-Re
  */
 export default fp(async (fastify) => {
   const { config } = fastify
-  // helmet's middleware is built once here and once per route with options of its own.
-  // (@fastify/helmet rebuilds it on every request: 12.6k instead of 31k req/s measured alone.)
+  // helmet decides the headers; they depend only on the options, so each set is computed
+  // once (by running helmet's middleware against a recording response) and added to every
+  // reply in one call. (@fastify/helmet reruns the middleware on every request: 12.6k instead
+  // of 31k req/s measured alone.)
   const hsts = isProduction(config) ? { maxAge: 31_536_000, includeSubDomains: true } : false
-  const defaultHeaders = helmet({ ...BASE_HELMET, strictTransportSecurity: hsts } as HelmetOptions) as Middleware
-  const routeHeaders = new Map<HelmetOptions, Middleware>()
+  const defaultHeaders = helmetHeaders({ ...BASE_HELMET, strictTransportSecurity: hsts } as HelmetOptions)
+  const routeHeaders = new Map<HelmetOptions, Record<string, string>>()
   fastify.addHook('onRoute', route => {
     const options = route.config?.helmet
     if (options !== undefined && !routeHeaders.has(options)) {
-      routeHeaders.set(options, helmet({ ...BASE_HELMET, strictTransportSecurity: hsts, ...options } as HelmetOptions) as Middleware)
+      routeHeaders.set(options, helmetHeaders({ ...BASE_HELMET, strictTransportSecurity: hsts, ...options } as HelmetOptions))
     }
   })
   fastify.addHook('onRequest', (request, reply, done) => {
     const options = request.routeOptions.config.helmet
-    const apply = options === undefined ? defaultHeaders : routeHeaders.get(options) ?? defaultHeaders
-    apply(request.raw, reply.raw, error => { done(error as Error | undefined) })
+    reply.headers(options === undefined ? defaultHeaders : routeHeaders.get(options) ?? defaultHeaders)
+    done()
   })
 
   const anyOrigin = config.CORS_ORIGINS.includes('*')

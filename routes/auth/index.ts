@@ -5,7 +5,7 @@ import { Type } from 'typebox'
 import { isProduction } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { hashPassword, passwordProblem, preparePasswords, verifyPassword } from '../../src/auth/passwords.js'
-import { audit, normalizeEmail, publicUser, PublicUser, USER_COLUMNS } from '../../src/auth/users.js'
+import { audit, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
 import { REFRESH_COOKIE, type IssuedSession } from '../../plugins/auth.js'
 
@@ -288,7 +288,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         security: [{ bearer: [] }],
         response: { 200: PublicUser, ...errorResponses(401, 403) }
       }
-    }, async (request) => publicUser(request.user!))
+    }, async (request, reply) => {
+      // The hot path of signed-in clients: the body is serialized once per user record.
+      reply.type('application/json; charset=utf-8')
+      return publicUserJson(request.user!) as unknown as PublicUser
+    })
 
     signedIn.get('/api/user/me', {
       config: { envelope: 'seed002' },

@@ -48,6 +48,21 @@ export function publicUser (row: UserRecord): PublicUser {
   }
 }
 
+const serialized = new WeakMap<UserRecord, string>()
+
+/**
+ * publicUser as JSON, computed once per loaded record: the records of the user cache are
+ * replaced on every change, so this never serves a stale body.
+ */
+export function publicUserJson (row: UserRecord): string {
+  let json = serialized.get(row)
+  if (json === undefined) {
+    json = JSON.stringify(publicUser(row))
+    serialized.set(row, json)
+  }
+  return json
+}
+
 /** E-mail addresses are compared and stored trimmed and lower-cased. */
 export function normalizeEmail (email: string): string {
   return email.trim().toLowerCase()

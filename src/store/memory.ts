@@ -96,13 +96,13 @@ export class MemoryStore implements Store {
     return true
   }
 
-  async increment (key: string, windowMs: number): Promise<Counter> {
+  async increment (key: string, windowMs: number, by = 1): Promise<Counter> {
     const entry = this.live(key)
     if (entry === undefined) {
-      this.entries.set(this.prefix + key, { value: '1', expiresAt: this.now() + windowMs })
-      return { count: 1, ttlMs: windowMs }
+      this.entries.set(this.prefix + key, { value: String(by), expiresAt: this.now() + windowMs })
+      return { count: by, ttlMs: windowMs }
     }
-    const count = Number(entry.value) + 1
+    const count = Number(entry.value) + by
     entry.value = String(count)
     return { count, ttlMs: Math.max(0, entry.expiresAt - this.now()) }
   }

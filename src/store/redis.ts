@@ -20,7 +20,7 @@ end
 return 1`
 
 const INCREMENT_WINDOW = `
-local count = redis.call('INCR', KEYS[1])
+local count = redis.call('INCRBY', KEYS[1], ARGV[2] or 1)
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -75,7 +75,7 @@ interface ScriptCommands {
   ghAddRevocation: (key: string, id: string, until: number, now: number) => Promise<number>
   ghSetIfExists: (key: string, field: string, value: string) => Promise<number>
   ghCompareAndSwap: (key: string, expected: string, next: string, ttlMs: string) => Promise<number>
-  ghIncrementWindow: (key: string, windowMs: number) => Promise<[number, number]>
+  ghIncrementWindow: (key: string, windowMs: number, by: number) => Promise<[number, number]>
 }
 type ScriptedRedis = Redis & ScriptCommands
 
@@ -167,8 +167,8 @@ export class RedisStore implements Store {
     return (await this.client.ghCompareAndSwap(this.key(key), expected, next, ttlMs === undefined ? '' : String(ttlMs))) === 1
   }
 
-  async increment (key: string, windowMs: number): Promise<Counter> {
-    const [count, ttlMs] = await this.client.ghIncrementWindow(this.key(key), windowMs)
+  async increment (key: string, windowMs: number, by = 1): Promise<Counter> {
+    const [count, ttlMs] = await this.client.ghIncrementWindow(this.key(key), windowMs, by)
     return { count, ttlMs }
   }
 

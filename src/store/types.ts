@@ -59,8 +59,8 @@ export interface Store {
    * `expected`. The TTL is replaced when `ttlMs` is given, otherwise kept. True when swapped.
    */
   compareAndSwap: (key: string, expected: string, next: string, ttlMs?: number) => Promise<boolean>
-  /** Fixed-window counter (rate limits): increments and starts the window on the first hit. */
-  increment: (key: string, windowMs: number) => Promise<Counter>
+  /** Fixed-window counter (rate limits): adds `by` (default 1) and starts the window on the first hit. */
+  increment: (key: string, windowMs: number, by?: number) => Promise<Counter>
 
   /** Creates a session whose current refresh token has hash `tokenHash`; it expires at `state.expiresAt`. */
   createSession: (sessionId: string, state: SessionState, tokenHash: string) => Promise<void>

@@ -371,3 +371,23 @@ t.test('a revocation reaches every instance within a second', async t => {
   const c = await build(t, { DATABASE_URL: a.config.DATABASE_URL, REDIS_PREFIX: a.config.REDIS_PREFIX })
   t.equal((await c.inject({ url: '/api/auth/me', headers: bearer(accessToken) })).statusCode, 401)
 })
+
+t.test('the per-user limit is shared by instances (counted in batches)', async t => {
+  if (redisUrl === undefined) {
+    // One instance with the in-process store: the counts still reach the store.
+    const app = await build(t, { RATE_LIMIT_AUTHENTICATED_MAX: '5' })
+    const { accessToken, user } = await register(app, 'batched@example.com')
+    for (let call = 0; call < 3; call++) await app.inject({ url: '/api/auth/me', headers: bearer(accessToken) })
+    await new Promise(resolve => setTimeout(resolve, 250))
+    t.equal(await app.store.get(`rl:user:${user.id}`), '3', 'flushed to the store')
+    return
+  }
+  const env = { RATE_LIMIT_AUTHENTICATED_MAX: '5' }
+  const a = await build(t, env)
+  const b = await build(t, { ...env, DATABASE_URL: a.config.DATABASE_URL, REDIS_PREFIX: a.config.REDIS_PREFIX })
+  const { accessToken } = await register(a, 'shared@example.com')
+  const me = async (app: typeof a) => (await app.inject({ url: '/api/auth/me', headers: bearer(accessToken) })).statusCode
+  t.same([await me(a), await me(a), await me(a)], [200, 200, 200])
+  await new Promise(resolve => setTimeout(resolve, 250))
+  t.same([await me(b), await me(b), await me(b)], [200, 200, 429], 'instance B knows what A served')
+})

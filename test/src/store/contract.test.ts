@@ -99,6 +99,8 @@ for (const [name, create] of implementations) {
       t.ok(counts.every(counter => counter.ttlMs <= 150), 'later hits do not extend the window')
       await sleep(220)
       t.equal((await store.increment('hits', 150)).count, 1, 'a new window starts from one')
+      t.equal((await store.increment('hits', 150, 25)).count, 26, 'several hits at once (batched counting)')
+      t.equal((await store.increment('fresh', 150, 7)).count, 7, 'a batch can open a window')
     })
 
     t.test('publish reaches subscribers until they unsubscribe', async t => {
