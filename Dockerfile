@@ -16,6 +16,8 @@ COPY --from=build /app/node_modules node_modules
 COPY --from=build /app/dist dist
 COPY package.json ./
 COPY sql sql
+# The key set volume (docker-compose.yml) must be writable by the server's user.
+RUN mkdir -p /var/lib/gatehouse/keys && chown node:node /var/lib/gatehouse/keys && chmod 700 /var/lib/gatehouse/keys
 USER node
 EXPOSE 3000
 HEALTHCHECK --interval=10s --timeout=3s CMD ["node", "-e", "fetch('http://127.0.0.1:3000/api/health/ready').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
