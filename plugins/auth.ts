@@ -1,9 +1,9 @@
 import cookie from '@fastify/cookie'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Kysely, Transaction } from 'kysely'
+import type { Insertable, Kysely, Transaction } from 'kysely'
 import { isProduction, publicUrl } from '../src/config.js'
-import type { Database } from '../src/db/types.js'
+import type { Database, SessionsTable } from '../src/db/types.js'
 import { errors } from '../src/errors.js'
 import { hashToken, newRefreshToken, newSessionId, sessionIdOf, successorOf } from '../src/auth/refresh-tokens.js'
 import { audit, USER_COLUMNS, type UserRecord } from '../src/auth/users.js'
@@ -46,6 +46,13 @@ export interface IssuedSession {
 /** Who ends a session, for the audit log. */
 export interface Actor { userId?: string | null, origin?: Origin }
 
+export interface PendingSession {
+  sessionId: string
+  refreshToken: string
+  state: SessionState
+  row: Insertable<SessionsTable>
+}
+
 export type RevokeReason = 'logout' | 'logout_all' | 'revoked' | 'refresh_reuse' | 'user_deactivated'
 
 export interface Sessions {
@@ -55,6 +62,13 @@ export interface Sessions {
    * nothing behind) and its first tokens.
    */
   start: (trx: Transaction<Database>, options: StartSession) => Promise<IssuedSession>
+  /**
+   * The same in two steps, for a sign-in that writes its rows in one statement: `prepare`
+   * makes the session and its metadata row (for the caller to insert); `activate`, once the
+   * row is committed, creates the session in the store and issues its tokens.
+   */
+  prepare: (options: StartSession) => PendingSession
+  activate: (pending: PendingSession, user: Pick<UserRecord, 'id' | 'role'>) => Promise<IssuedSession>
   /** Rotates a refresh token; throws 401 for an invalid or reused one, 403 for an inactive user. */
   refresh: (refreshToken: string, origin: Origin) => Promise<IssuedSession>
   /** True when the refresh token is the current (or grace) token of a live session; that session id. */
@@ -72,6 +86,8 @@ export interface Users {
   get: (id: string) => Promise<UserRecord | undefined>
   /** Drops a user from every instance's cache (after any change to the row). */
   changed: (id: string) => Promise<void>
+  /** Drops a user from this instance's cache only (a change others may see 30 s late). */
+  forget: (id: string) => void
 }
 
 declare module 'fastify' {
@@ -196,6 +212,9 @@ export default fp(async (fastify) => {
     async changed (id) {
       userCache.delete(id)
       await store.publish(CHANNEL, `u:${id}`)
+    },
+    forget (id) {
+      userCache.delete(id)
     }
   }
 
@@ -223,17 +242,16 @@ export default fp(async (fastify) => {
   const by = (actor: Actor) => ({ actorUserId: actor.userId ?? null, ip: actor.origin?.ip, userAgent: actor.origin?.userAgent })
 
   const sessions: Sessions = {
-    async start (trx, { user, method, rememberMe, origin, workspaceId = null }) {
+    prepare ({ user, method, rememberMe, origin, workspaceId = null }) {
       const now = fastify.now()
       const sessionId = newSessionId()
-      const refreshToken = newRefreshToken(sessionId)
       const state: SessionState = {
         userId: user.id,
         rememberMe,
         expiresAt: now + (rememberMe ? config.JWT_REFRESH_REMEMBER_TTL : config.JWT_REFRESH_TTL),
         workspaceId
       }
-      await trx.insertInto('sessions').values({
+      const row = {
         id: sessionId,
         user_id: user.id,
         method,
@@ -243,12 +261,30 @@ export default fp(async (fastify) => {
         created_at: new Date(now),
         last_used_at: new Date(now),
         expires_at: new Date(state.expiresAt)
-      }).execute()
+      }
+      return { sessionId, refreshToken: newRefreshToken(sessionId), state, row }
+    },
+
+    async activate ({ sessionId, refreshToken, state }, user) {
+      // The store after PostgreSQL: if the row's transaction failed, no session exists at all.
+      try {
+        await store.createSession(sessionId, state, hashToken(refreshToken))
+      } catch (error) {
+        await markRevoked(db, [sessionId], 'revoked').catch(() => {})
+        throw error
+      }
+      const access = issueAccessToken(user.id, user.role, sessionId, state)
+      return { sessionId, refreshToken, accessToken: access.token, expiresIn: access.expiresIn, rememberMe: state.rememberMe, expiresAt: state.expiresAt }
+    },
+
+    async start (trx, options) {
+      const pending = sessions.prepare(options)
+      await trx.insertInto('sessions').values(pending.row).execute()
       // The store last: if the transaction fails after this, the session is one whose
       // token was never handed out, and it expires on its own.
-      await store.createSession(sessionId, state, hashToken(refreshToken))
-      const access = issueAccessToken(user.id, user.role, sessionId, state)
-      return { sessionId, refreshToken, accessToken: access.token, expiresIn: access.expiresIn, rememberMe, expiresAt: state.expiresAt }
+      await store.createSession(pending.sessionId, pending.state, hashToken(pending.refreshToken))
+      const access = issueAccessToken(options.user.id, options.user.role, pending.sessionId, pending.state)
+      return { sessionId: pending.sessionId, refreshToken: pending.refreshToken, accessToken: access.token, expiresIn: access.expiresIn, rememberMe: pending.state.rememberMe, expiresAt: pending.state.expiresAt }
     },
 
     async refresh (refreshToken, origin) {

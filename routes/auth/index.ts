@@ -5,7 +5,7 @@ import { Type } from 'typebox'
 import { isProduction } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { hashPassword, passwordProblem, preparePasswords, verifyPassword } from '../../src/auth/passwords.js'
-import { audit, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
+import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
 import { REFRESH_COOKIE, type IssuedSession } from '../../plugins/auth.js'
 
@@ -147,7 +147,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const origin = fastify.originOf(request)
     // Failures per address, whether or not it has an account, so the limit reveals nothing.
     const failuresKey = `signin:fail:${emailKey(email)}`
-    if (Number(await store.get(failuresKey) ?? 0) >= config.LOGIN_MAX_PER_ACCOUNT) {
+    const failures = Number(await store.get(failuresKey) ?? 0)
+    if (failures >= config.LOGIN_MAX_PER_ACCOUNT) {
       reply.header('Retry-After', Math.ceil(config.LOGIN_WINDOW / 1000))
       throw errors.tooManyRequests('Too many failed sign-in attempts for this account, please try again later.')
     }
@@ -171,15 +172,20 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
     }
     const rememberMe = request.body.rememberMe === true
-    const { user, session } = await db.transaction().execute(async trx => {
-      const user = await trx.updateTable('users').set({ last_login_at: new Date(fastify.now()) })
-        .where('id', '=', found.id).returning(USER_COLUMNS).executeTakeFirstOrThrow()
-      const session = await sessions.start(trx, { user, method: 'password', rememberMe, origin })
-      await audit(trx, { action: 'auth.login', actorUserId: user.id, subjectType: 'session', subjectId: session.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'password', rememberMe } })
-      return { user, session }
-    })
-    await fastify.users.changed(user.id)
-    await store.del(failuresKey)
+    // The sign-in's three writes (last login, session row, audit row) are one statement: one
+    // round trip and one implicit transaction, all or nothing.
+    const pending = sessions.prepare({ user: found, method: 'password', rememberMe, origin })
+    const user = await db
+      .with('signed_in', q => q.updateTable('users').set({ last_login_at: new Date(fastify.now()) }).where('id', '=', found.id).returning(USER_COLUMNS))
+      .with('session', q => q.insertInto('sessions').values(pending.row))
+      .with('audited', q => q.insertInto('audit_log').values(auditRow({
+        action: 'auth.login', actorUserId: found.id, subjectType: 'session', subjectId: pending.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'password', rememberMe }
+      })))
+      .selectFrom('signed_in').selectAll().executeTakeFirstOrThrow()
+    const session = await sessions.activate(pending, user)
+    // lastLoginAt changed: other instances see it within their user cache's 30 s.
+    fastify.users.forget(user.id)
+    if (failures > 0) await store.del(failuresKey)
     return tokenAnswer(request, reply, session, publicUser(user))
   })
 

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os'
 import { hash, verify } from '@node-rs/argon2'
 import { dictionary } from '@zxcvbn-ts/language-common'
 
@@ -11,8 +12,28 @@ import { dictionary } from '@zxcvbn-ts/language-common'
 // Algorithm.Argon2id (an ambient const enum, which verbatimModuleSyntax cannot import).
 const OPTIONS = { algorithm: 2 as const }
 
+/*
+ * At most one argon2 computation per CPU at a time. More would only queue on libuv's thread
+ * pool and oversubscribe the CPUs, starving the event loop: every other request (health
+ * probes, token checks) would wait behind the hashes.
+ */
+const MAX_CONCURRENT = Math.max(1, availableParallelism())
+let running = 0
+const waiting: Array<() => void> = []
+
+async function limited<T> (work: () => Promise<T>): Promise<T> {
+  if (running >= MAX_CONCURRENT) await new Promise<void>(resolve => waiting.push(resolve))
+  running++
+  try {
+    return await work()
+  } finally {
+    running--
+    waiting.shift()?.()
+  }
+}
+
 export async function hashPassword (password: string): Promise<string> {
-  return await hash(password, OPTIONS)
+  return await limited(async () => await hash(password, OPTIONS))
 }
 
 let dummy: Promise<string> | undefined
@@ -25,11 +46,12 @@ let dummy: Promise<string> | undefined
 export async function verifyPassword (storedHash: string | null | undefined, password: string): Promise<boolean> {
   if (storedHash === null || storedHash === undefined) {
     dummy ??= hashPassword('gatehouse dummy password that never matches')
-    await verify(await dummy, password).catch(() => false)
+    const dummyHash = await dummy
+    await limited(async () => await verify(dummyHash, password)).catch(() => false)
     return false
   }
   try {
-    return await verify(storedHash, password)
+    return await limited(async () => await verify(storedHash, password))
   } catch {
     return false
   }

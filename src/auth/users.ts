@@ -1,6 +1,6 @@
-import type { Kysely, Selectable, Transaction } from 'kysely'
+import type { Insertable, Kysely, Selectable, Transaction } from 'kysely'
 import { Type, type Static } from 'typebox'
-import type { Database, UsersTable } from '../db/types.js'
+import type { AuditLogTable, Database, UsersTable } from '../db/types.js'
 
 export type UserRow = Selectable<UsersTable>
 
@@ -78,9 +78,9 @@ export interface AuditEvent {
   details?: Record<string, unknown>
 }
 
-/** Writes one audit row (inside the caller's transaction when given one). */
-export async function audit (db: Kysely<Database> | Transaction<Database>, event: AuditEvent): Promise<void> {
-  await db.insertInto('audit_log').values({
+/** The audit_log row of an event. */
+export function auditRow (event: AuditEvent): Insertable<AuditLogTable> {
+  return {
     action: event.action,
     actor_user_id: event.actorUserId ?? null,
     subject_type: event.subjectType ?? null,
@@ -88,5 +88,10 @@ export async function audit (db: Kysely<Database> | Transaction<Database>, event
     ip: event.ip ?? null,
     user_agent: event.userAgent === undefined ? null : event.userAgent.slice(0, 512),
     details: JSON.stringify(event.details ?? {})
-  }).execute()
+  }
+}
+
+/** Writes one audit row (inside the caller's transaction when given one). */
+export async function audit (db: Kysely<Database> | Transaction<Database>, event: AuditEvent): Promise<void> {
+  await db.insertInto('audit_log').values(auditRow(event)).execute()
 }
