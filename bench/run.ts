@@ -122,6 +122,7 @@ async function main (): Promise<void> {
     RATE_LIMIT_MAX: '1000000000',
     RATE_LIMIT_AUTHENTICATED_MAX: '1000000000',
     LOGIN_MAX_PER_IP: '1000000',
+    MAGIC_LINKS: 'disabled',
     JWT_PRIVATE_KEY: privatePem
   }, '/api/health')
   const floor = await startServer(['--import', 'tsx', 'bench/floor.ts'], {

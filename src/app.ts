@@ -11,8 +11,10 @@ import securityPlugin from '../plugins/security.js'
 import storePlugin from '../plugins/store.js'
 import authPlugin from '../plugins/auth.js'
 import keysPlugin from '../plugins/keys.js'
+import mailerPlugin from '../plugins/mailer.js'
 import adminRoutes from '../routes/admin/index.js'
 import authRoutes from '../routes/auth/index.js'
+import magicLinkRoutes from '../routes/auth/magic-link.js'
 import healthRoutes from '../routes/health/index.js'
 import jwksRoutes from '../routes/jwks/index.js'
 
@@ -51,6 +53,7 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   await fastify.register(storePlugin)
   await fastify.register(keysPlugin)
   await fastify.register(authPlugin)
+  await fastify.register(mailerPlugin)
   await fastify.register(rateLimitPlugin)
   await fastify.register(envelopePlugin)
   await fastify.register(docsPlugin)
@@ -58,6 +61,7 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   await fastify.register(healthRoutes)
   await fastify.register(jwksRoutes)
   await fastify.register(authRoutes)
+  await fastify.register(magicLinkRoutes)
   await fastify.register(adminRoutes)
 
   fastify.addHook('onReady', async () => {

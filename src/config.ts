@@ -120,7 +120,19 @@ export const ConfigSchema = Type.Object({
   LOGIN_MAX_PER_IP: integer(30, 1, 1_000_000, 'Sign-in and registration attempts per IP per LOGIN_WINDOW.'),
   LOGIN_MAX_PER_ACCOUNT: integer(10, 1, 1_000_000, 'Sign-in attempts per e-mail address per LOGIN_WINDOW (whether or not the account exists).'),
   LOGIN_WINDOW: duration('15m', { description: 'Window of the sign-in limits.' }),
-  REFRESH_MAX_PER_SESSION: integer(120, 1, 1_000_000, 'Refreshes per session per RATE_LIMIT_WINDOW.')
+  REFRESH_MAX_PER_SESSION: integer(120, 1, 1_000_000, 'Refreshes per session per RATE_LIMIT_WINDOW.'),
+
+  ALLOWED_REDIRECTS: list('', {
+    description: 'Comma-separated origins (besides FRONTEND_URL\'s) that sign-ins may redirect to; anything else falls back to FRONTEND_URL.',
+    accepts: 'a comma-separated list of origins such as https://app.example.com'
+  }),
+  MAGIC_LINKS: oneOf(['enabled', 'disabled'], 'enabled', 'Sign-in by e-mail link (seed 003). In production it needs SMTP_URL.'),
+  MAGIC_LINK_TTL: duration('10m', { description: 'How long a magic link stays valid (it works once).' }),
+  MAGIC_LINK_CONFIRM: oneOf(['direct', 'page'], 'direct',
+    'direct: opening the link signs in (seed 003). page: the link opens a page whose button signs in, so mail scanners that pre-open links do not use them up.'),
+  MAGIC_LINK_MAX_PER_EMAIL: integer(5, 1, 1_000_000, 'Magic links per e-mail address per LOGIN_WINDOW.'),
+  SMTP_URL: url('SMTP server for outgoing mail, e.g. smtps://user:pass@smtp.example.com. Unset outside production: magic-link requests answer a previewUrl instead.', ['smtp', 'smtps'], true),
+  SMTP_FROM: Type.String({ default: 'Gatehouse <no-reply@localhost>', minLength: 3, maxLength: 200, pattern: '^[^\\r\\n]+$', description: 'From address of outgoing mail.', accepts: 'an address such as Gatehouse <no-reply@example.com>' })
 })
 
 export type Config = StaticDecode<typeof ConfigSchema>
@@ -190,6 +202,12 @@ function crossFieldProblems (config: Config): string[] {
   }
   if (config.CORS_ORIGINS.includes('*') && config.CORS_ORIGINS.length > 1) {
     problems.push('CORS_ORIGINS must be either * or a list of origins, not both')
+  }
+  if (config.NODE_ENV === 'production' && config.MAGIC_LINKS === 'enabled' && config.SMTP_URL === undefined) {
+    problems.push('NODE_ENV=production needs SMTP_URL to send magic links (or MAGIC_LINKS=disabled)')
+  }
+  for (const origin of config.ALLOWED_REDIRECTS) {
+    if (!isOrigin(origin)) problems.push(`ALLOWED_REDIRECTS must be a comma-separated list of origins such as https://app.example.com (got ${JSON.stringify(origin)})`)
   }
   for (const origin of config.CORS_ORIGINS) {
     if (origin !== '*' && !isOrigin(origin)) {

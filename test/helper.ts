@@ -141,6 +141,8 @@ export async function testConfig (t: TestContext, env: Env = {}): Promise<Config
     JWT_PRIVATE_KEY: testSigningKey,
     DATA_DIR: await tempDir(t)
   }
+  // Production needs an SMTP server for magic links; tests that send mail start their own.
+  if (env.NODE_ENV === 'production') base.SMTP_URL = 'smtp://127.0.0.1:9'
   // PGlite serves one connection at a time.
   if (embedded) base.DATABASE_POOL_MAX = '1'
   return loadConfig({ ...base, ...env })

@@ -1,10 +1,10 @@
-import { createHash } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox, TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { isProduction } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { hashPassword, passwordProblem, preparePasswords, verifyPassword } from '../../src/auth/passwords.js'
+import { emailKey, throttle } from '../../src/auth/throttle.js'
 import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
 import { REFRESH_COOKIE, type IssuedSession } from '../../plugins/auth.js'
@@ -54,8 +54,6 @@ const PASSWORD_DISABLED = {
   login: 'Password-based sign-in is disabled. Use a magic link or an identity provider.'
 }
 
-const emailKey = (email: string): string => createHash('sha256').update(email).digest('base64url').slice(0, 22)
-
 /**
  * Password accounts, tokens and sessions (SPEC "Tokens and sessions"; seeds 001, 002, 004):
  * register, login, refresh, logout, logout-all, me, the sessions list, and the bootstrap of
@@ -67,16 +65,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const passwordsEnabled = config.PASSWORD_AUTH === 'enabled'
   if (passwordsEnabled) await preparePasswords()
 
-  /** A fixed-window counter; 429 with Retry-After once `max` is passed. */
-  const throttle = async (reply: FastifyReply, key: string, max: number, windowMs: number, message: string): Promise<void> => {
-    const { count, ttlMs } = await store.increment(key, windowMs)
-    if (count > max) {
-      reply.header('Retry-After', Math.max(1, Math.ceil(ttlMs / 1000)))
-      throw errors.tooManyRequests(message)
-    }
-  }
   const signInThrottle = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    await throttle(reply, `signin:ip:${request.ip}`, config.LOGIN_MAX_PER_IP, config.LOGIN_WINDOW,
+    await throttle(store, reply, `signin:ip:${request.ip}`, config.LOGIN_MAX_PER_IP, config.LOGIN_WINDOW,
       'Too many sign-in attempts from this IP, please try again later.')
   }
 

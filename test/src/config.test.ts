@@ -85,7 +85,10 @@ t.test('production refuses to start without DATABASE_URL, REDIS_URL and a signin
   t.equal(problem, 'NODE_ENV=production refuses to start without DATABASE_URL, REDIS_URL, a signing key (JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR)')
   t.same(problemsOf({ NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_URL: 'redis://cache:6379' }),
     ['NODE_ENV=production refuses to start without a signing key (JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR)'])
-  t.same(problemsOf({ NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_URL: 'redis://cache:6379', JWT_KEYS_DIR: '/run/secrets/keys' }), [])
+  const complete = { NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_URL: 'redis://cache:6379', JWT_KEYS_DIR: '/run/secrets/keys' }
+  t.same(problemsOf(complete), ['NODE_ENV=production needs SMTP_URL to send magic links (or MAGIC_LINKS=disabled)'])
+  t.same(problemsOf({ ...complete, SMTP_URL: 'smtps://mail.example.com' }), [])
+  t.same(problemsOf({ ...complete, MAGIC_LINKS: 'disabled' }), [])
 })
 
 t.test('cross-field rules', async t => {

@@ -1,0 +1,175 @@
+import { createHash, randomBytes } from 'node:crypto'
+import { parse as parseQuery } from 'node:querystring'
+import type { FastifyPluginAsyncTypebox, TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { HelmetOptions } from 'helmet'
+import { Type } from 'typebox'
+import { isProduction, publicUrl } from '../../src/config.js'
+import { errors } from '../../src/errors.js'
+import { redirectPolicy } from '../../src/auth/redirects.js'
+import { emailKey, throttle } from '../../src/auth/throttle.js'
+import { audit, normalizeEmail, USER_COLUMNS } from '../../src/auth/users.js'
+import { Email, errorResponses } from '../../src/schemas/common.js'
+
+const RequestBody = Type.Object({
+  email: Email,
+  name: Type.Optional(Type.String({ maxLength: 200 })),
+  redirectTo: Type.Optional(Type.String({ maxLength: 2048 }))
+}, { additionalProperties: false })
+
+const Accepted = Type.Object({
+  ok: Type.Literal(true),
+  message: Type.String(),
+  delivery: Type.Enum(['email', 'preview']),
+  previewUrl: Type.Optional(Type.String({ description: 'Outside production without SMTP_URL only: the link itself' }))
+})
+
+const Token = Type.String({ minLength: 1, maxLength: 128 })
+
+interface PendingLink { email: string, name: string | null, redirectTo: string, expiresAt: number }
+
+const ACCEPTED_MESSAGE = 'If that address can sign in, a magic link is on the way.'
+const INVALID = 'Invalid or expired magic link'
+
+const linkKey = (token: string): string => `ml:${createHash('sha256').update(token).digest('base64url')}`
+
+/** Control characters and line breaks never reach a mail or a page; the rest is escaped where it is used. */
+const cleanName = (name: string | undefined): string | null => {
+  // eslint-disable-next-line no-control-regex -- control characters are what it removes
+  const cleaned = name?.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim()
+  return cleaned === undefined || cleaned === '' ? null : cleaned
+}
+
+const escapeHtml = (text: string): string =>
+  text.replace(/[&<>"']/g, character => `&#${character.charCodeAt(0)};`)
+
+/**
+ * Sign-in by e-mail link (seed 003). The request answers 202 with the same body whether or
+ * not the address has an account, and sends the mail off the request path; the link carries a
+ * 256-bit single-use token, stored hashed, valid MAGIC_LINK_TTL. Opening it creates or loads
+ * the user, starts a session, sets the cookies and redirects to an allowed frontend URL —
+ * without any token in that URL (SPEC decision 5).
+ */
+const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, store, db, sessions } = fastify
+  const enabled = config.MAGIC_LINKS === 'enabled'
+  const base = publicUrl(config)
+  const preview = !fastify.mailer.delivers && !isProduction(config)
+  const safeRedirect = redirectPolicy(config)
+  const publicOrigin = new URL(base).origin
+
+  fastify.post('/api/auth/magic-link/request', {
+    config: { payload: 'magic link' },
+    schema: {
+      tags: ['auth'],
+      summary: 'E-mail a single-use sign-in link (seed 003)',
+      description: 'Always 202 with the same body, whether or not the address has an account. Without SMTP outside production the answer carries the link as previewUrl.',
+      body: RequestBody,
+      response: { 202: Accepted, ...errorResponses(400, 410, 429) }
+    }
+  }, async (request, reply) => {
+    if (!enabled) throw errors.gone('Magic-link sign-in is disabled.', 'MAGIC_LINKS_DISABLED')
+    const email = normalizeEmail(request.body.email)
+    await throttle(store, reply, `signin:ip:${request.ip}`, config.LOGIN_MAX_PER_IP, config.LOGIN_WINDOW,
+      'Too many sign-in attempts from this IP, please try again later.')
+    await throttle(store, reply, `ml:rate:${emailKey(email)}`, config.MAGIC_LINK_MAX_PER_EMAIL, config.LOGIN_WINDOW,
+      'Too many sign-in links for this address, please try again later.')
+    const token = randomBytes(32).toString('base64url')
+    const name = cleanName(request.body.name)
+    const pending: PendingLink = { email, name, redirectTo: safeRedirect(request.body.redirectTo), expiresAt: fastify.now() + config.MAGIC_LINK_TTL }
+    await store.set(linkKey(token), JSON.stringify(pending), config.MAGIC_LINK_TTL)
+    const link = `${base}/api/auth/magic-link/verify?token=${token}`
+    reply.code(202)
+    if (preview) return { ok: true as const, message: ACCEPTED_MESSAGE, delivery: 'preview' as const, previewUrl: link }
+    const minutes = Math.round(config.MAGIC_LINK_TTL / 60_000)
+    const greeting = name === null ? 'Hello,' : `Hello ${name},`
+    fastify.mailer.enqueue({
+      to: email,
+      subject: 'Your sign-in link',
+      text: `${greeting}\n\nOpen this link to sign in. It works once, for ${minutes} minutes:\n\n${link}\n\nIf you did not ask to sign in, ignore this e-mail.\n`,
+      html: `<p>${escapeHtml(greeting)}</p><p><a href="${escapeHtml(link)}">Sign in</a> — the link works once, for ${minutes} minutes.</p><p>If you did not ask to sign in, ignore this e-mail.</p>`
+    })
+    await audit(db, { action: 'auth.magic_link_requested', subjectType: 'email', subjectId: emailKey(email), ip: request.ip, userAgent: request.headers['user-agent'] })
+    return { ok: true as const, message: ACCEPTED_MESSAGE, delivery: 'email' as const }
+  })
+
+  /** Uses up the link and signs in: cookies set, 302 to the stored (allowed) redirect. */
+  const consume = async (request: FastifyRequest, reply: FastifyReply, token: string): Promise<FastifyReply> => {
+    if (!enabled) throw errors.gone('Magic-link sign-in is disabled.', 'MAGIC_LINKS_DISABLED')
+    const stored = await store.take(linkKey(token))
+    const pending = stored === null ? undefined : JSON.parse(stored) as PendingLink
+    if (pending === undefined || pending.expiresAt <= fastify.now()) throw errors.badRequest(INVALID, 'INVALID_MAGIC_LINK')
+    const origin = fastify.originOf(request)
+    const session = await db.transaction().execute(async trx => {
+      const now = new Date(fastify.now())
+      // Opening the link proves the mailbox: the address is verified.
+      const user = await trx.insertInto('users')
+        .values({ email: pending.email, name: pending.name ?? pending.email.split('@')[0]!, email_verified: true, last_login_at: now })
+        .onConflict(conflict => conflict.column('email').doUpdateSet({ email_verified: true, last_login_at: now }))
+        .returning(USER_COLUMNS).executeTakeFirstOrThrow()
+      if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+      const session = await sessions.start(trx, { user, method: 'magic_link', rememberMe: false, origin })
+      await audit(trx, { action: 'auth.login', actorUserId: user.id, subjectType: 'session', subjectId: session.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'magic_link' } })
+      return { ...session, userId: user.id }
+    })
+    fastify.users.forget(session.userId)
+    fastify.setSessionCookies(reply, session)
+    return await reply.header('Referrer-Policy', 'no-referrer').redirect(pending.redirectTo, 302)
+  }
+
+  const pageHelmet: HelmetOptions = {
+    contentSecurityPolicy: {
+      useDefaults: false as const,
+      directives: { defaultSrc: ["'none'"], styleSrc: ["'unsafe-inline'"], formAction: ["'self'"], baseUri: ["'none'"], frameAncestors: ["'none'"] }
+    }
+  }
+
+  fastify.get('/api/auth/magic-link/verify', {
+    config: { helmet: pageHelmet },
+    schema: {
+      tags: ['auth'],
+      summary: 'Open a magic link: sign in and redirect (seed 003), or with MAGIC_LINK_CONFIRM=page a page whose button signs in',
+      querystring: Type.Object({ token: Type.Optional(Token) }),
+      response: {
+        200: Type.String({ description: 'MAGIC_LINK_CONFIRM=page: the confirmation page (text/html)' }),
+        302: Type.Null({ description: 'Signed in: the cookies are set and Location is the frontend' }),
+        ...errorResponses(400, 403, 410)
+      }
+    }
+  }, async (request, reply) => {
+    const { token } = request.query
+    if (token === undefined) throw errors.badRequest(INVALID, 'INVALID_MAGIC_LINK')
+    if (config.MAGIC_LINK_CONFIRM === 'direct') return await consume(request, reply, token)
+    // A page, so that mail scanners which open links do not use them up.
+    return await reply.header('Cache-Control', 'no-store').type('text/html; charset=utf-8').send(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width"><title>Sign in</title></head>
+<body style="font-family:system-ui,sans-serif;max-width:28rem;margin:4rem auto;text-align:center">
+<h1>Sign in</h1><form method="post" action="/api/auth/magic-link/verify"><input type="hidden" name="token" value="${escapeHtml(token)}">
+<button type="submit" style="font-size:1.1rem;padding:.6rem 1.4rem">Continue</button></form></body></html>`)
+  })
+
+  // The page's form posts urlencoded; only this route accepts that type.
+  await fastify.register(async (instance) => {
+    const confirm = instance.withTypeProvider<TypeBoxTypeProvider>()
+    confirm.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 4096 }, (_request, body, done) => {
+      done(null, parseQuery(body as string))
+    })
+    confirm.post('/api/auth/magic-link/verify', {
+      config: { payload: 'magic link' },
+      schema: {
+        tags: ['auth'],
+        summary: 'Confirm a magic link from its page (MAGIC_LINK_CONFIRM=page)',
+        body: Type.Object({ token: Token }),
+        response: {
+          302: Type.Null({ description: 'Signed in: the cookies are set and Location is the frontend' }),
+          ...errorResponses(400, 403, 410)
+        }
+      }
+    }, async (request, reply) => {
+      // Only our own page may post here (no sign-in CSRF).
+      if (request.headers.origin !== publicOrigin) throw errors.forbidden('Requests must come from this server\'s page', 'ORIGIN_NOT_ALLOWED')
+      return await consume(request, reply, request.body.token)
+    })
+  })
+}
+
+export default magicLinkRoutes

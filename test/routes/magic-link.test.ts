@@ -1,0 +1,223 @@
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { SMTPServer } from 'smtp-server'
+import t from 'tap'
+import { build, freePort, type TestContext } from '../helper.js'
+import { bearer, cookie, register } from '../auth-helper.js'
+
+/*
+ * Magic links end to end: a real SMTP server (smtp-server) started by the test receives the
+ * mail, the test follows the link like a mail client would.
+ */
+
+interface Received { from: string, to: string[], raw: string }
+
+/** A local SMTP server that keeps what it receives. */
+async function smtp (t: TestContext): Promise<{ url: string, received: Received[] }> {
+  const received: Received[] = []
+  const server = new SMTPServer({
+    authOptional: true,
+    disabledCommands: ['STARTTLS', 'AUTH'],
+    logger: false,
+    onData (stream, session, callback) {
+      const chunks: Buffer[] = []
+      stream.on('data', (chunk: Buffer) => chunks.push(chunk))
+      stream.on('end', () => {
+        received.push({
+          from: session.envelope.mailFrom === false ? '' : session.envelope.mailFrom.address,
+          to: session.envelope.rcptTo.map(address => address.address),
+          raw: Buffer.concat(chunks).toString('utf8')
+        })
+        callback()
+      })
+    }
+  })
+  const port = await freePort()
+  await new Promise<void>(resolve => server.listen(port, '127.0.0.1', resolve))
+  t.teardown(async () => { await new Promise<void>(resolve => server.close(() => resolve())) })
+  return { url: `smtp://127.0.0.1:${port}`, received }
+}
+
+/** The text of a MIME message with quoted-printable soft breaks and escapes undone. */
+const decoded = (raw: string): string =>
+  raw.replace(/=\r?\n/g, '').replace(/=([0-9A-F]{2})/g, (_match, hex: string) => String.fromCharCode(parseInt(hex, 16)))
+
+const linkIn = (raw: string): URL => new URL(/https?:\/\/\S+\/api\/auth\/magic-link\/verify\?token=[A-Za-z0-9_-]+/.exec(decoded(raw))![0])
+
+async function request (app: FastifyInstance, payload: Record<string, unknown>, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+  return await app.inject({ method: 'POST', url: '/api/auth/magic-link/request', payload, headers })
+}
+
+const open = async (app: FastifyInstance, link: URL | string): Promise<LightMyRequestResponse> => {
+  const url = typeof link === 'string' ? new URL(link) : link
+  return await app.inject({ url: url.pathname + url.search })
+}
+
+t.test('without SMTP (development) the answer previews the link; opening it signs in once', async t => {
+  const app = await build(t, { FRONTEND_URL: 'https://app.example.com' })
+  const asked = await request(app, { email: 'New.Person@Example.com', name: 'Taylor' })
+  t.equal(asked.statusCode, 202)
+  t.match(asked.json(), { ok: true, message: 'If that address can sign in, a magic link is on the way.', delivery: 'preview', previewUrl: /^http:\/\/localhost:3000\/api\/auth\/magic-link\/verify\?token=[A-Za-z0-9_-]{43}$/ })
+
+  const opened = await open(app, asked.json().previewUrl)
+  t.equal(opened.statusCode, 302)
+  t.equal(opened.headers.location, 'https://app.example.com/', 'to the frontend')
+  t.notMatch(opened.headers.location, /token/i, 'no token in the redirect')
+  t.equal(opened.headers['referrer-policy'], 'no-referrer')
+  const refresh = cookie(opened, 'refresh_token')!
+  t.match(refresh, { httponly: true, path: '/api/auth', samesite: 'Strict' })
+
+  const user = await app.db.selectFrom('users').selectAll().where('email', '=', 'new.person@example.com').executeTakeFirstOrThrow()
+  t.match(user, { name: 'Taylor', email_verified: true, role: 'MEMBER', password_hash: null })
+  const events = await app.db.selectFrom('audit_log').select(['action', 'details']).where('action', '=', 'auth.login').execute()
+  t.same(events.map(event => event.details.method), ['magic_link'])
+
+  // The SPA then refreshes with the cookie (SPEC decision 5) and is signed in.
+  const refreshed = await app.inject({ method: 'POST', url: '/api/auth/refresh', headers: { origin: 'https://app.example.com', cookie: `refresh_token=${refresh.value as string}` } })
+  t.equal(refreshed.statusCode, 200)
+  const me = await app.inject({ url: '/api/auth/me', headers: bearer(refreshed.json().accessToken) })
+  t.equal(me.json().email, 'new.person@example.com')
+
+  const again = await open(app, asked.json().previewUrl)
+  t.equal(again.statusCode, 400, 'a link works once')
+  t.same(again.json(), { error: 'Invalid or expired magic link', code: 'INVALID_MAGIC_LINK' })
+  t.equal((await app.inject({ url: '/api/auth/magic-link/verify' })).statusCode, 400, 'no token')
+  t.equal((await app.inject({ url: '/api/auth/magic-link/verify?token=forged' })).statusCode, 400, 'unknown token')
+})
+
+t.test('over SMTP: the mail has a text and an HTML part and a link built from PUBLIC_URL', async t => {
+  const mail = await smtp(t)
+  const app = await build(t, { SMTP_URL: mail.url, SMTP_FROM: 'Gatehouse <auth@example.com>', PUBLIC_URL: 'https://auth.example.com', TRUST_PROXY: 'true' })
+  const asked = await request(app, { email: 'mailbox@example.com', name: 'Robin' }, { host: 'evil.example', 'x-forwarded-host': 'evil.example' })
+  t.equal(asked.statusCode, 202)
+  t.same(asked.json(), { ok: true, message: 'If that address can sign in, a magic link is on the way.', delivery: 'email' }, 'no link in the answer')
+  await app.mailer.idle()
+  t.equal(mail.received.length, 1)
+  const [message] = mail.received
+  t.same(message!.to, ['mailbox@example.com'])
+  t.equal(message!.from, 'auth@example.com')
+  t.match(message!.raw, /Content-Type: text\/plain/)
+  t.match(message!.raw, /Content-Type: text\/html/)
+  t.match(decoded(message!.raw), /Hello Robin,/)
+  const link = linkIn(message!.raw)
+  t.equal(link.origin, 'https://auth.example.com', 'never from Host or X-Forwarded-Host')
+  const opened = await open(app, link)
+  t.equal(opened.statusCode, 302)
+  t.ok(cookie(opened, 'refresh_token')?.value)
+})
+
+t.test('known and unknown addresses get the same answer', async t => {
+  const mail = await smtp(t)
+  const app = await build(t, { SMTP_URL: mail.url })
+  await register(app, 'known@example.com')
+  const known = await request(app, { email: 'known@example.com' })
+  const unknown = await request(app, { email: 'unknown@example.com' })
+  t.equal(known.statusCode, unknown.statusCode)
+  t.equal(known.body, unknown.body)
+  await app.mailer.idle()
+  t.equal(mail.received.length, 2, 'both get a link: the unknown one becomes an account when opened')
+})
+
+t.test('a link expires after MAGIC_LINK_TTL', async t => {
+  let now = Date.now()
+  const app = await build(t, {}, undefined, { now: () => now })
+  const asked = await request(app, { email: 'late@example.com' })
+  now += 10 * 60_000 + 1
+  const opened = await open(app, asked.json().previewUrl)
+  t.equal(opened.statusCode, 400)
+  t.equal(opened.headers['set-cookie'], undefined)
+  t.equal(await app.db.selectFrom('users').select('id').execute().then(rows => rows.length), 0, 'no account made')
+})
+
+t.test('redirects go only to allowed origins', async t => {
+  const app = await build(t, { FRONTEND_URL: 'https://app.example.com', ALLOWED_REDIRECTS: 'https://admin.example.com' })
+  const cases: Array<[string, string]> = [
+    ['//evil.com', 'https://app.example.com/'],
+    ['https://app.example.com.evil.com/x', 'https://app.example.com/'],
+    ['javascript:alert(1)', 'https://app.example.com/'],
+    ['https://evil.com/?next=https://app.example.com', 'https://app.example.com/'],
+    ['/\\evil.com', 'https://app.example.com/'],
+    ['https://user@app.example.com/', 'https://app.example.com/'],
+    ['/dashboard?tab=1', 'https://app.example.com/dashboard?tab=1'],
+    ['https://app.example.com/settings', 'https://app.example.com/settings'],
+    ['https://admin.example.com/users', 'https://admin.example.com/users']
+  ]
+  for (const [index, [redirectTo, expected]] of cases.entries()) {
+    const asked = await request(app, { email: `redirect${index}@example.com`, redirectTo })
+    const opened = await open(app, asked.json().previewUrl)
+    t.equal(opened.headers.location, expected, redirectTo)
+  }
+})
+
+t.test('names and addresses cannot inject mail headers', async t => {
+  const mail = await smtp(t)
+  const app = await build(t, { SMTP_URL: mail.url })
+  const asked = await request(app, { email: 'victim@example.com', name: 'Eve\r\nBcc: evil@example.com\r\nSubject: hi' })
+  t.equal(asked.statusCode, 202)
+  await app.mailer.idle()
+  t.same(mail.received[0]!.to, ['victim@example.com'], 'one recipient')
+  t.notMatch(mail.received[0]!.raw, /^Bcc:/m)
+  t.match(mail.received[0]!.raw, /^Subject: Your sign-in link/m)
+  const bad = await request(app, { email: 'victim@example.com\r\nBcc: evil@example.com' })
+  t.equal(bad.statusCode, 400)
+  t.equal(bad.json().code, 'VALIDATION_FAILED')
+})
+
+t.test('magic links are limited per address and per IP', async t => {
+  const app = await build(t, { MAGIC_LINK_MAX_PER_EMAIL: '2' })
+  t.equal((await request(app, { email: 'spam@example.com' })).statusCode, 202)
+  t.equal((await request(app, { email: 'SPAM@example.com' })).statusCode, 202)
+  const limited = await request(app, { email: 'spam@example.com' })
+  t.equal(limited.statusCode, 429)
+  t.ok(Number(limited.headers['retry-after']) > 0)
+  t.equal((await request(app, { email: 'other@example.com' })).statusCode, 202, 'another address is not affected')
+
+  const strict = await build(t, { LOGIN_MAX_PER_IP: '1' })
+  t.equal((await request(strict, { email: 'a@example.com' })).statusCode, 202)
+  t.equal((await request(strict, { email: 'b@example.com' })).statusCode, 429, 'per IP, across addresses')
+})
+
+t.test('MAGIC_LINK_CONFIRM=page: opening shows a page, its button signs in', async t => {
+  const app = await build(t, { MAGIC_LINK_CONFIRM: 'page' })
+  const asked = await request(app, { email: 'scanned@example.com' })
+  const link = new URL(asked.json().previewUrl as string)
+  const token = link.searchParams.get('token')!
+  for (let scan = 0; scan < 2; scan++) {
+    const page = await open(app, link)
+    t.equal(page.statusCode, 200, 'a scanner opening the link does not use it up')
+    t.match(page.headers['content-type'], /text\/html/)
+    t.match(page.body, /<form method="post" action="\/api\/auth\/magic-link\/verify">/)
+    t.match(page.headers['content-security-policy'], /form-action 'self'/)
+  }
+  const post = async (origin: string) => await app.inject({
+    method: 'POST',
+    url: '/api/auth/magic-link/verify',
+    headers: { origin, 'content-type': 'application/x-www-form-urlencoded' },
+    payload: `token=${token}`
+  })
+  t.equal((await post('https://evil.example')).statusCode, 403, 'only our page may confirm')
+  const confirmed = await post('http://localhost:3000')
+  t.equal(confirmed.statusCode, 302)
+  t.ok(cookie(confirmed, 'refresh_token')?.value)
+  t.equal((await post('http://localhost:3000')).statusCode, 400, 'once')
+})
+
+t.test('an inactive account cannot sign in by link', async t => {
+  const app = await build(t)
+  const { user } = await register(app, 'gone@example.com')
+  await app.db.updateTable('users').set({ is_active: false }).where('id', '=', user.id).execute()
+  const asked = await request(app, { email: 'gone@example.com' })
+  t.equal(asked.statusCode, 202, 'the request says nothing')
+  const opened = await open(app, asked.json().previewUrl)
+  t.equal(opened.statusCode, 403)
+  t.same(opened.json(), { error: 'User account is inactive', code: 'USER_INACTIVE' })
+  t.equal(opened.headers['set-cookie'], undefined)
+  const sessions = await app.db.selectFrom('sessions').select('id').where('method', '=', 'magic_link').execute()
+  t.equal(sessions.length, 0)
+})
+
+t.test('MAGIC_LINKS=disabled answers 410', async t => {
+  const app = await build(t, { MAGIC_LINKS: 'disabled' })
+  const asked = await request(app, { email: 'x@example.com' })
+  t.equal(asked.statusCode, 410)
+  t.equal(asked.json().code, 'MAGIC_LINKS_DISABLED')
+})
