@@ -15,8 +15,10 @@ import mailerPlugin from '../plugins/mailer.js'
 import adminRoutes from '../routes/admin/index.js'
 import authRoutes from '../routes/auth/index.js'
 import magicLinkRoutes from '../routes/auth/magic-link.js'
+import oauthRoutes from '../routes/auth/oauth.js'
 import healthRoutes from '../routes/health/index.js'
 import jwksRoutes from '../routes/jwks/index.js'
+import demoRoutes from '../routes/demo/index.js'
 
 export interface AppOptions {
   config: Config
@@ -62,7 +64,9 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   await fastify.register(jwksRoutes)
   await fastify.register(authRoutes)
   await fastify.register(magicLinkRoutes)
+  await fastify.register(oauthRoutes)
   await fastify.register(adminRoutes)
+  await fastify.register(demoRoutes)
 
   fastify.addHook('onReady', async () => {
     const embedded = [

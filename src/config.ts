@@ -1,4 +1,5 @@
 import { Type, type StaticDecode, type TSchema } from 'typebox'
+import { providerProblems } from './auth/providers.js'
 import { Value } from 'typebox/value'
 
 /*
@@ -132,6 +133,17 @@ export const ConfigSchema = Type.Object({
     'direct: opening the link signs in (seed 003). page: the link opens a page whose button signs in, so mail scanners that pre-open links do not use them up.'),
   MAGIC_LINK_MAX_PER_EMAIL: integer(5, 1, 1_000_000, 'Magic links per e-mail address per LOGIN_WINDOW.'),
   SMTP_URL: url('SMTP server for outgoing mail, e.g. smtps://user:pass@smtp.example.com. Unset outside production: magic-link requests answer a previewUrl instead.', ['smtp', 'smtps'], true),
+  GOOGLE_CLIENT_ID: text('Google OAuth client id (enables sign-in with Google).', 'a client id'),
+  GOOGLE_CLIENT_SECRET: text('Google OAuth client secret.', 'a client secret', { secret: true }),
+  MICROSOFT_CLIENT_ID: text('Microsoft Entra ID application (client) id (enables sign-in with Microsoft).', 'a client id'),
+  MICROSOFT_CLIENT_SECRET: text('Microsoft Entra ID client secret.', 'a client secret', { secret: true }),
+  MICROSOFT_TENANT: text('Microsoft Entra ID tenant id (a GUID): the issuer is https://login.microsoftonline.com/<tenant>/v2.0.', 'a tenant id'),
+  APPLE_CLIENT_ID: text('Sign in with Apple service id (enables sign-in with Apple).', 'a service id'),
+  APPLE_TEAM_ID: text('Apple developer team id (issuer of the client secret JWT).', 'a team id'),
+  APPLE_KEY_ID: text('Id of the Apple private key that signs the client secret JWT.', 'a key id'),
+  APPLE_PRIVATE_KEY: text('The Apple private key (PEM, P-256) that signs the client secret JWT.', 'a PEM-encoded private key', { secret: true }),
+  OIDC_PROVIDERS: text('Generic OpenID Connect providers as JSON: [{"key":"authentik","displayName":"Authentik","issuer":"https://sso.example.com/application/o/app/","clientId":"…","clientSecret":"…"}]. A key of google or microsoft overrides the built-in one.', 'a JSON array of providers', { secret: true }),
+  OIDC_DEFAULT_PROVIDER: text('The provider whose codes POST /api/auth/callback exchanges (seed 002). Default: the first of OIDC_PROVIDERS.', 'a provider key'),
   SMTP_FROM: Type.String({ default: 'Gatehouse <no-reply@localhost>', minLength: 3, maxLength: 200, pattern: '^[^\\r\\n]+$', description: 'From address of outgoing mail.', accepts: 'an address such as Gatehouse <no-reply@example.com>' })
 })
 
@@ -206,6 +218,7 @@ function crossFieldProblems (config: Config): string[] {
   if (config.NODE_ENV === 'production' && config.MAGIC_LINKS === 'enabled' && config.SMTP_URL === undefined) {
     problems.push('NODE_ENV=production needs SMTP_URL to send magic links (or MAGIC_LINKS=disabled)')
   }
+  problems.push(...providerProblems(config))
   for (const origin of config.ALLOWED_REDIRECTS) {
     if (!isOrigin(origin)) problems.push(`ALLOWED_REDIRECTS must be a comma-separated list of origins such as https://app.example.com (got ${JSON.stringify(origin)})`)
   }

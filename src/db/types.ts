@@ -55,8 +55,19 @@ export interface SessionsTable {
   revoked_reason: string | null
 }
 
+export interface UserIdentitiesTable {
+  id: Generated<string>
+  user_id: string
+  provider: string
+  subject: string
+  email: string | null
+  created_at: GeneratedTimestamp
+  last_used_at: GeneratedTimestamp
+}
+
 export interface Database {
   audit_log: AuditLogTable
   users: UsersTable
   sessions: SessionsTable
+  user_identities: UserIdentitiesTable
 }
