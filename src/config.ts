@@ -141,6 +141,7 @@ export const ConfigSchema = Type.Object({
   APPLE_CLIENT_ID: text('Sign in with Apple service id (enables sign-in with Apple).', 'a service id'),
   APPLE_TEAM_ID: text('Apple developer team id (issuer of the client secret JWT).', 'a team id'),
   APPLE_KEY_ID: text('Id of the Apple private key that signs the client secret JWT.', 'a key id'),
+  APPLE_ISSUER: url('Sign in with Apple\'s issuer (default https://appleid.apple.com; another value only for a proxy or a test stand-in).', ['https', 'http']),
   APPLE_PRIVATE_KEY: text('The Apple private key (PEM, P-256) that signs the client secret JWT.', 'a PEM-encoded private key', { secret: true }),
   OIDC_PROVIDERS: text('Generic OpenID Connect providers as JSON: [{"key":"authentik","displayName":"Authentik","issuer":"https://sso.example.com/application/o/app/","clientId":"…","clientSecret":"…"}]. A key of google or microsoft overrides the built-in one.', 'a JSON array of providers', { secret: true }),
   OIDC_DEFAULT_PROVIDER: text('The provider whose codes POST /api/auth/callback exchanges (seed 002). Default: the first of OIDC_PROVIDERS.', 'a provider key'),

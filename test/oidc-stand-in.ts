@@ -248,6 +248,8 @@ export interface FakeProviderOptions {
   // email_verified may be a string: some IdPs send "true"/"false".
   account: { sub: string, email?: string, email_verified?: boolean | string, name?: string }
   misbehave?: Misbehaviour
+  /** Decides client authentication instead of comparing with clientSecret (Apple's secret is a JWT). */
+  acceptClientSecret?: (secret: string | undefined) => boolean
 }
 
 export interface FakeProviderStandIn {
@@ -256,6 +258,8 @@ export interface FakeProviderStandIn {
   authorize: (authorizationUrl: string) => Promise<string>
   /** How many requests reached /token (successful or not). */
   readonly tokenRequests: number
+  /** The client secret of the last token request. */
+  readonly lastClientSecret: string | undefined
 }
 
 interface PendingCode { clientId: string, redirectUri: string, nonce?: string, codeChallenge: string }
@@ -285,6 +289,7 @@ export async function startFakeProvider (t: TestContext, options: FakeProviderOp
     : undefined
   const codes = new Map<string, PendingCode>()
   let tokenRequests = 0
+  let lastClientSecret: string | undefined
 
   const app = Fastify({ logger: false })
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
@@ -341,7 +346,9 @@ export async function startFakeProvider (t: TestContext, options: FakeProviderOp
       clientId = formDecode(decoded.slice(0, at))
       clientSecret = formDecode(decoded.slice(at + 1))
     }
-    if (clientId !== options.clientId || clientSecret !== options.clientSecret) {
+    lastClientSecret = clientSecret
+    const secretAccepted = options.acceptClientSecret === undefined ? clientSecret === options.clientSecret : options.acceptClientSecret(clientSecret)
+    if (clientId !== options.clientId || !secretAccepted) {
       return await reply.code(401).send(oauthError('invalid_client', 'client authentication failed'))
     }
     if (body.grant_type !== 'authorization_code') {
@@ -393,6 +400,7 @@ export async function startFakeProvider (t: TestContext, options: FakeProviderOp
       await response.body?.cancel()
       return location
     },
-    get tokenRequests () { return tokenRequests }
+    get tokenRequests () { return tokenRequests },
+    get lastClientSecret () { return lastClientSecret }
   }
 }

@@ -94,7 +94,7 @@ export function providerRegistry (config: Config): ProviderRegistry {
     configured.set('apple', {
       key: 'apple',
       displayName: 'Apple',
-      issuer: 'https://appleid.apple.com',
+      issuer: config.APPLE_ISSUER ?? 'https://appleid.apple.com',
       clientId: config.APPLE_CLIENT_ID,
       scopes: 'openid email name',
       apple: { teamId: config.APPLE_TEAM_ID, keyId: config.APPLE_KEY_ID, privateKey: config.APPLE_PRIVATE_KEY }

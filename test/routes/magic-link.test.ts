@@ -12,8 +12,9 @@ import { bearer, cookie, register } from '../auth-helper.js'
 interface Received { from: string, to: string[], raw: string }
 
 /** A local SMTP server that keeps what it receives. */
-async function smtp (t: TestContext): Promise<{ url: string, received: Received[] }> {
+async function smtp (t: TestContext, options: { failFirst?: number } = {}): Promise<{ url: string, received: Received[], refused: () => number }> {
   const received: Received[] = []
+  let refused = 0
   const server = new SMTPServer({
     authOptional: true,
     disabledCommands: ['STARTTLS', 'AUTH'],
@@ -22,6 +23,11 @@ async function smtp (t: TestContext): Promise<{ url: string, received: Received[
       const chunks: Buffer[] = []
       stream.on('data', (chunk: Buffer) => chunks.push(chunk))
       stream.on('end', () => {
+        if (refused < (options.failFirst ?? 0)) {
+          refused++
+          callback(Object.assign(new Error('Try again later'), { responseCode: 451 }))
+          return
+        }
         received.push({
           from: session.envelope.mailFrom === false ? '' : session.envelope.mailFrom.address,
           to: session.envelope.rcptTo.map(address => address.address),
@@ -34,7 +40,7 @@ async function smtp (t: TestContext): Promise<{ url: string, received: Received[
   const port = await freePort()
   await new Promise<void>(resolve => server.listen(port, '127.0.0.1', resolve))
   t.teardown(async () => { await new Promise<void>(resolve => server.close(() => resolve())) })
-  return { url: `smtp://127.0.0.1:${port}`, received }
+  return { url: `smtp://127.0.0.1:${port}`, received, refused: () => refused }
 }
 
 /** The text of a MIME message with quoted-printable soft breaks and escapes undone. */
@@ -220,4 +226,15 @@ t.test('MAGIC_LINKS=disabled answers 410', async t => {
   const asked = await request(app, { email: 'x@example.com' })
   t.equal(asked.statusCode, 410)
   t.equal(asked.json().code, 'MAGIC_LINKS_DISABLED')
+})
+
+t.test('mail is retried when the SMTP server refuses it for a while', async t => {
+  const mail = await smtp(t, { failFirst: 1 })
+  const app = await build(t, { SMTP_URL: mail.url })
+  const asked = await request(app, { email: 'patient@example.com' })
+  t.equal(asked.statusCode, 202, 'the request does not wait for the mail')
+  await app.mailer.idle()
+  t.equal(mail.refused(), 1, 'the first attempt was refused')
+  t.equal(mail.received.length, 1, 'the second went through')
+  t.equal((await open(app, linkIn(mail.received[0]!.raw))).statusCode, 302)
 })

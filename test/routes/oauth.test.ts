@@ -1,4 +1,6 @@
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { generateKeyPairSync } from 'node:crypto'
+import { decodeProtectedHeader, importSPKI, jwtVerify } from 'jose'
 import * as oidc from 'openid-client'
 import t from 'tap'
 import { build } from '../helper.js'
@@ -215,4 +217,48 @@ t.test('POST /api/auth/callback exchanges a code the SPA received (seed 002)', a
   t.ok(cookie(exchanged, 'refresh_token')?.value)
   const replay = await app.inject({ method: 'POST', url: '/api/auth/callback', payload: { code, codeVerifier, nonce, redirectUri: 'https://app.example.com/callback' } })
   t.equal(replay.statusCode, 400, 'a code works once')
+})
+
+t.test('Sign in with Apple: form_post, a signed client secret, the name from the form and the e-mail from the id_token', async t => {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const fake = await startFakeProvider(t, {
+    clientId: 'com.example.web',
+    clientSecret: 'unused',
+    account: { sub: 'apple-user', email: 'hidden@privaterelay.appleid.com', email_verified: 'true' },
+    acceptClientSecret: secret => typeof secret === 'string' && secret.split('.').length === 3
+  })
+  const app = await build(t, {
+    APPLE_CLIENT_ID: 'com.example.web',
+    APPLE_TEAM_ID: 'TEAM123456',
+    APPLE_KEY_ID: 'KEY1234567',
+    APPLE_PRIVATE_KEY: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    APPLE_ISSUER: fake.issuer
+  })
+  t.same((await app.inject({ url: '/api/auth/providers' })).json().providers, [{ providerKey: 'apple', displayName: 'Apple', enabled: true }])
+
+  const started = await app.inject({ url: '/api/auth/oauth/apple/start' })
+  t.equal(started.statusCode, 302)
+  const authorization = new URL(started.headers.location as string)
+  t.equal(authorization.searchParams.get('response_mode'), 'form_post', 'Apple posts its answer')
+  t.equal(authorization.searchParams.get('scope'), 'openid email name')
+
+  const back = new URL(await fake.authorize(authorization.href))
+  const form = new URLSearchParams({
+    code: back.searchParams.get('code')!,
+    state: back.searchParams.get('state')!,
+    // Unsigned and attacker-controlled: only the name may be used.
+    user: JSON.stringify({ name: { firstName: 'Ada', lastName: 'Lovelace' }, email: 'victim@example.com' })
+  })
+  const answered = await app.inject({ method: 'POST', url: '/api/auth/oauth/apple/callback', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: form.toString() })
+  t.equal(answered.statusCode, 302)
+  t.ok(cookie(answered, 'refresh_token')?.value)
+  const users = await app.db.selectFrom('users').select(['email', 'name', 'email_verified']).execute()
+  t.same(users, [{ email: 'hidden@privaterelay.appleid.com', name: 'Ada Lovelace', email_verified: true }])
+
+  const secret = fake.lastClientSecret!
+  t.match(decodeProtectedHeader(secret), { alg: 'ES256', kid: 'KEY1234567' })
+  const verified = await jwtVerify(secret, await importSPKI(publicKey.export({ type: 'spki', format: 'pem' }).toString(), 'ES256'), {
+    issuer: 'TEAM123456', audience: 'https://appleid.apple.com', subject: 'com.example.web'
+  })
+  t.ok(verified.payload.exp! - verified.payload.iat! <= 180 * 86_400, 'the client secret JWT is short-lived (Apple allows six months at most)')
 })
