@@ -26,6 +26,7 @@ interface PendingFlow {
   redirectUri: string
   /** SHA-256 of the browser-binding cookie set at the start. */
   binding: string
+  expiresAt: number
 }
 
 interface IdClaims {
@@ -121,7 +122,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const nonce = oidc.randomNonce()
     const verifier = oidc.randomPKCECodeVerifier()
     const binding = randomBytes(32).toString('base64url')
-    const pending: PendingFlow = { provider: key, nonce, verifier, redirectTo: safeRedirect(redirectTo), redirectUri, binding: sha256(binding) }
+    const pending: PendingFlow = { provider: key, nonce, verifier, redirectTo: safeRedirect(redirectTo), redirectUri, binding: sha256(binding), expiresAt: fastify.now() + STATE_TTL }
     await store.set(`oauth:${sha256(state)}`, JSON.stringify(pending), STATE_TTL)
     const parameters: Record<string, string> = {
       redirect_uri: redirectUri,
@@ -204,7 +205,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (state === undefined || state === '') throw errors.badRequest(STATE_INVALID, 'OAUTH_STATE_INVALID')
     const stored = await store.take(`oauth:${sha256(state)}`)
     const pending = stored === null ? undefined : JSON.parse(stored) as PendingFlow
-    if (pending === undefined || pending.provider !== key) throw errors.badRequest(STATE_INVALID, 'OAUTH_STATE_INVALID')
+    if (pending === undefined || pending.provider !== key || pending.expiresAt <= fastify.now()) throw errors.badRequest(STATE_INVALID, 'OAUTH_STATE_INVALID')
     // The browser that started the flow must be the one finishing it. A form_post (Apple) is
     // cross-site, and a SameSite=Lax cookie does not come with it: there state, PKCE and nonce
     // carry the proof.

@@ -217,6 +217,34 @@ t.test('POST /api/auth/callback exchanges a code the SPA received (seed 002)', a
   t.ok(cookie(exchanged, 'refresh_token')?.value)
   const replay = await app.inject({ method: 'POST', url: '/api/auth/callback', payload: { code, codeVerifier, nonce, redirectUri: 'https://app.example.com/callback' } })
   t.equal(replay.statusCode, 400, 'a code works once')
+
+  // An inactive user gets seed 002's 403.
+  await app.db.updateTable('users').set({ is_active: false }).where('email', '=', 'alice@example.com').execute()
+  const verifier = oidc.randomPKCECodeVerifier()
+  const next = oidc.buildAuthorizationUrl(configuration, {
+    redirect_uri: 'https://app.example.com/callback',
+    scope: 'openid email profile',
+    nonce,
+    code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
+    code_challenge_method: 'S256'
+  })
+  const nextCode = new URL(await provider.authorize(next.href, 'alice')).searchParams.get('code')!
+  const inactive = await app.inject({ method: 'POST', url: '/api/auth/callback', payload: { code: nextCode, codeVerifier: verifier, nonce, redirectUri: 'https://app.example.com/callback' } })
+  t.equal(inactive.statusCode, 403)
+  t.same(inactive.json(), { success: false, message: 'User account is inactive', code: 'USER_INACTIVE' })
+})
+
+t.test('a flow left open longer than ten minutes has expired', async t => {
+  let now = Date.now()
+  const provider = await startOidcProvider(t, { clients: [{ client_id: 'gatehouse', client_secret: 'stand-in-secret', redirect_uris: [CALLBACK('authentik')] }], accounts: ACCOUNTS })
+  const app = await build(t, { OIDC_PROVIDERS: providers([{ key: 'authentik', issuer: provider.issuer }]) }, undefined, { now: () => now })
+  const answered = await signIn(app, 'authentik', async url => {
+    const back = await provider.authorize(url, 'alice')
+    now += 10 * 60_000 + 1
+    return back
+  })
+  t.equal(answered.statusCode, 400)
+  t.equal(answered.json().code, 'OAUTH_STATE_INVALID')
 })
 
 t.test('Sign in with Apple: form_post, a signed client secret, the name from the form and the e-mail from the id_token', async t => {
