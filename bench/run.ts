@@ -5,6 +5,8 @@
 //   BENCH_DURATION     seconds per measurement (default 10)
 //   BENCH_CONNECTIONS  concurrent connections (default 32)
 //   BENCH_ONLY         only the scenarios whose name contains this text
+//   BENCH_ROUNDS       measurements per scenario, alternating with the floor (default 1);
+//                      the median round is printed, with the range of the ratios
 //   TEST_DATABASE_URL / TEST_REDIS_URL  the servers, as for npm test
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
@@ -23,6 +25,7 @@ import { BENCH_PASSWORD, scenarios, type BenchContext, type Target } from './sce
 const duration = Number(process.env.BENCH_DURATION ?? 10)
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 32)
 const only = process.env.BENCH_ONLY
+const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 1))
 const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 
@@ -86,16 +89,20 @@ export async function rssMegabytes (pid: number | undefined): Promise<number> {
   return match === null ? 0 : Math.round(Number(match[1]) / 1024)
 }
 
-interface Row { scenario: string, gatehouse: Measurement, rss: number, floor: Measurement }
+interface Row { scenario: string, gatehouse: Measurement, rss: number, floor: Measurement, ratios: number[] }
+
+const ratioOf = (row: Row): number => row.floor.requestsPerSecond === 0 ? 0 : row.gatehouse.requestsPerSecond / row.floor.requestsPerSecond
 
 function table (rows: Row[]): string {
+  const ranged = rows.some(row => row.ratios.length > 1)
   const lines = [
-    '| scenario | req/s | p50 ms | p99 ms | errors | server RSS MB | floor req/s | ratio to floor |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|'
+    `| scenario | req/s | p50 ms | p99 ms | errors | server RSS MB | floor req/s | ratio to floor |${ranged ? ' ratio range |' : ''}`,
+    `|---|---:|---:|---:|---:|---:|---:|---:|${ranged ? '---:|' : ''}`
   ]
+  const percent = (ratio: number): string => `${(ratio * 100).toFixed(0)}%`
   for (const row of rows) {
-    const ratio = row.floor.requestsPerSecond === 0 ? 0 : row.gatehouse.requestsPerSecond / row.floor.requestsPerSecond
-    lines.push(`| ${row.scenario} | ${row.gatehouse.requestsPerSecond} | ${row.gatehouse.p50} | ${row.gatehouse.p99} | ${row.gatehouse.errors} | ${row.rss} | ${row.floor.requestsPerSecond} | ${(ratio * 100).toFixed(0)}% |`)
+    const range = ranged ? ` ${percent(row.ratios[0]!)}–${percent(row.ratios.at(-1)!)} |` : ''
+    lines.push(`| ${row.scenario} | ${row.gatehouse.requestsPerSecond} | ${row.gatehouse.p50} | ${row.gatehouse.p99} | ${row.gatehouse.errors} | ${row.rss} | ${row.floor.requestsPerSecond} | ${percent(ratioOf(row))} |${range}`)
   }
   return lines.join('\n')
 }
@@ -130,7 +137,7 @@ async function main (): Promise<void> {
     FLOOR_PASSWORD_HASH: await hashPassword(BENCH_PASSWORD),
     FLOOR_REDIS_URL: redisUrl
   }, '/floor/health')
-  const context: BenchContext = { gatehouse: gatehouse.base, floor: floor.base, connections }
+  const context: BenchContext = { gatehouse: gatehouse.base, floor: floor.base, connections, rounds }
 
   const rows: Row[] = []
   try {
@@ -139,17 +146,25 @@ async function main (): Promise<void> {
       await scenario.prepare?.(context)
       // A short warm-up lets the JIT and the caches settle before measuring.
       await measure(gatehouse.base, scenario.gatehouse(context), 2)
-      const [measured] = await Promise.all([
-        measure(gatehouse.base, scenario.gatehouse(context)),
-        scenario.background === undefined ? undefined : measure(gatehouse.base, scenario.background.gatehouse(context))
-      ])
-      const rss = await rssMegabytes(gatehouse.child.pid)
       await measure(floor.base, scenario.floor(context), 2)
-      const [floorMeasured] = await Promise.all([
-        measure(floor.base, scenario.floor(context)),
-        scenario.background === undefined ? undefined : measure(floor.base, scenario.background.floor(context))
-      ])
-      rows.push({ scenario: scenario.name, gatehouse: measured, rss, floor: floorMeasured })
+      // Rounds alternate Gatehouse and its floor, so that a noisy neighbour hurts both alike;
+      // the round with the median ratio is reported, with the range of all rounds.
+      const measured: Row[] = []
+      for (let round = 0; round < rounds; round++) {
+        const [ours] = await Promise.all([
+          measure(gatehouse.base, scenario.gatehouse(context)),
+          scenario.background === undefined ? undefined : measure(gatehouse.base, scenario.background.gatehouse(context))
+        ])
+        const rss = await rssMegabytes(gatehouse.child.pid)
+        const [theirs] = await Promise.all([
+          measure(floor.base, scenario.floor(context)),
+          scenario.background === undefined ? undefined : measure(floor.base, scenario.background.floor(context))
+        ])
+        measured.push({ scenario: scenario.name, gatehouse: ours, rss, floor: theirs, ratios: [] })
+      }
+      const ratios = measured.map(ratioOf).sort((a, b) => a - b)
+      measured.sort((a, b) => ratioOf(a) - ratioOf(b))
+      rows.push({ ...measured[Math.floor(measured.length / 2)]!, ratios })
       process.stderr.write(`measured ${scenario.name}\n`)
     }
   } finally {
@@ -164,7 +179,7 @@ async function main (): Promise<void> {
   }
 
   const output = table(rows)
-  console.log(`\nGatehouse bench — ${connections} connections, ${duration} s per measurement, Node ${process.version}\n`)
+  console.log(`\nGatehouse bench — ${connections} connections, ${duration} s per measurement, ${rounds} round(s), Node ${process.version}\n`)
   console.log(output)
   await mkdir(join(projectRoot, 'bench/results'), { recursive: true })
   await writeFile(join(projectRoot, 'bench/results/last.md'), `${output}\n`)

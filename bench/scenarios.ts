@@ -19,6 +19,8 @@ export interface BenchContext {
   floor: string
   /** Concurrent connections of each measurement. */
   connections: number
+  /** Measurements per scenario (besides the warm-up). */
+  rounds: number
 }
 
 export interface Scenario {
@@ -85,10 +87,10 @@ export const scenarios: Scenario[] = [
   },
   {
     name: 'POST /api/auth/refresh (rotation)',
-    async prepare ({ gatehouse, floor, connections }) {
+    async prepare ({ gatehouse, floor, connections, rounds }) {
       await post(`${gatehouse}/api/auth/register`, { email: 'bench-refresh@example.com', password: BENCH_PASSWORD })
-      // Each measurement (warm-up, run) may drop up to one session per connection.
-      for (let index = 0; index < 4 * connections; index++) {
+      // Each measurement (warm-up, rounds) may drop up to one session per connection.
+      for (let index = 0; index < (rounds + 3) * connections; index++) {
         gatehouseTokens.push((await post(`${gatehouse}/api/auth/login`, { email: 'bench-refresh@example.com', password: BENCH_PASSWORD })).refreshToken as string)
         floorTokens.push((await post(`${floor}/floor/session`, {})).refreshToken as string)
       }
