@@ -1,5 +1,5 @@
 import cookie from '@fastify/cookie'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest, preParsingHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Insertable, Kysely, Transaction } from 'kysely'
 import { isProduction, publicUrl } from '../src/config.js'
@@ -88,6 +88,8 @@ export interface Users {
   changed: (id: string) => Promise<void>
   /** Drops a user from this instance's cache only (a change others may see 30 s late). */
   forget: (id: string) => void
+  /** The cached user when the cache has a fresh, loaded entry; undefined otherwise. */
+  peek: (id: string) => UserRecord | undefined
 }
 
 declare module 'fastify' {
@@ -108,6 +110,8 @@ declare module 'fastify' {
     authenticate: (request: FastifyRequest) => Promise<void>
     /** preParsing hook: authenticate, then 403 unless the user is a global ADMIN. */
     authenticateAdmin: (request: FastifyRequest) => Promise<void>
+    /** `authenticate` as a preParsing hook, synchronous when the user is cached. */
+    authenticateHook: preParsingHookHandler
     /** Sets the refresh_token and access_token cookies. */
     setSessionCookies: (reply: FastifyReply, session: IssuedSession) => void
     clearSessionCookies: (reply: FastifyReply) => void
@@ -145,7 +149,7 @@ export default fp(async (fastify) => {
 
   // --- revoked sessions: in-process, fed by pub/sub, refilled from the store ---------------
   const revoked = new Map<string, number>()
-  const userCache = new Map<string, { at: number, user: Promise<UserRecord | undefined> }>()
+  const userCache = new Map<string, { at: number, user: Promise<UserRecord | undefined>, loaded?: UserRecord }>()
 
   const onMessage = (message: string): void => {
     const [kind, id, until] = message.split(':')
@@ -205,8 +209,9 @@ export default fp(async (fastify) => {
       if (cached !== undefined && now - cached.at < USER_CACHE_TTL) return await cached.user
       if (userCache.size >= USER_CACHE_MAX) userCache.delete(userCache.keys().next().value!)
       const user = loadUser(id)
-      userCache.set(id, { at: now, user })
-      user.catch(() => { userCache.delete(id) })
+      const entry: { at: number, user: Promise<UserRecord | undefined>, loaded?: UserRecord } = { at: now, user }
+      userCache.set(id, entry)
+      user.then(record => { entry.loaded = record }, () => { userCache.delete(id) })
       return await user
     },
     async changed (id) {
@@ -215,6 +220,10 @@ export default fp(async (fastify) => {
     },
     forget (id) {
       userCache.delete(id)
+    },
+    peek (id) {
+      const cached = userCache.get(id)
+      return cached !== undefined && Date.now() - cached.at < USER_CACHE_TTL ? cached.loaded : undefined
     }
   }
 
@@ -372,28 +381,42 @@ export default fp(async (fastify) => {
   fastify.decorateRequest('user', null)
   fastify.decorateRequest('revokedUserId', null)
 
-  fastify.addHook('onRequest', async (request) => {
-    const header = request.headers.authorization
-    if (header === undefined) return
-    const token = BEARER.exec(header)?.[1]
-    if (token === undefined) {
-      // Not ours (integration tokens arrive later) or malformed.
-      request.authInvalid = true
-      return
-    }
-    let claims: AccessTokenClaims
-    try {
-      claims = await keys.verifyAccessToken(token)
-    } catch {
-      request.authInvalid = true
-      return
-    }
+  const accept = (request: FastifyRequest, claims: AccessTokenClaims): void => {
     if (sessions.isRevoked(claims.sid)) {
       request.authInvalid = true
       request.revokedUserId = claims.sub
       return
     }
     request.auth = { userId: claims.sub, sessionId: claims.sid, role: claims.role, workspaceId: claims.wid ?? null, claims }
+  }
+  // A callback hook with a synchronous path: no header, or a token verified before, costs no
+  // promise at all (this runs on every request).
+  fastify.addHook('onRequest', (request, _reply, done) => {
+    const header = request.headers.authorization
+    if (header === undefined) {
+      done()
+      return
+    }
+    const token = BEARER.exec(header)?.[1]
+    if (token === undefined) {
+      // Not ours (integration tokens arrive later) or malformed.
+      request.authInvalid = true
+      done()
+      return
+    }
+    const known = keys.verifiedBefore(token)
+    if (known !== undefined) {
+      accept(request, known)
+      done()
+      return
+    }
+    keys.verifyAccessToken(token).then(claims => {
+      accept(request, claims)
+      done()
+    }, () => {
+      request.authInvalid = true
+      done()
+    })
   })
 
   const authenticate = async (request: FastifyRequest): Promise<void> => {
@@ -413,6 +436,17 @@ export default fp(async (fastify) => {
     request.user = user
   }
   fastify.decorate('authenticate', authenticate)
+  const authenticateHook: preParsingHookHandler = (request, _reply, payload, done) => {
+    // The common case answered synchronously: a valid token of an active user in the cache.
+    const user = request.auth === null ? undefined : users.peek(request.auth.userId)
+    if (user !== undefined && user.is_active) {
+      request.user = user
+      done(null, payload)
+      return
+    }
+    authenticate(request).then(() => { done(null, payload) }, (error: Error) => { done(error) })
+  }
+  fastify.decorate('authenticateHook', authenticateHook)
   fastify.decorate('authenticateAdmin', async (request: FastifyRequest) => {
     await authenticate(request)
     if (request.user!.role !== 'ADMIN') throw errors.forbidden('Admin access required', 'ADMIN_REQUIRED')

@@ -34,6 +34,8 @@ export interface Keys {
   signAccessToken: (claims: { sub: string, sid: string, role: 'ADMIN' | 'MEMBER', wid?: string }, notAfter?: number) => IssuedAccessToken
   /** Verifies signature, algorithm, kid, iss, aud, exp, nbf and required claims; rejects with a fast-jwt TokenError. */
   verifyAccessToken: (token: string) => Promise<AccessTokenClaims>
+  /** The claims of a token verified before and not yet expired, without any work; else undefined. */
+  verifiedBefore: (token: string) => AccessTokenClaims | undefined
   /** The JWKS document, serialized once per key change. */
   jwks: () => string
   /** The server secret that derives each refresh token from its predecessor. */
@@ -154,6 +156,14 @@ export default fp(async (fastify) => {
     throw new KeyConfigError('production needs JWT_KEYS_DIR, JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE')
   }
 
+  const verifiedBefore = (token: string): AccessTokenClaims | undefined => {
+    const hit = verified.get(token)
+    if (hit === undefined) return undefined
+    if (hit.exp * 1000 + CLOCK_TOLERANCE > Date.now()) return hit
+    verified.delete(token)
+    return undefined
+  }
+
   fastify.decorate('keys', {
     signAccessToken (claims, notAfter) {
       const iat = Math.floor(fastify.now() / 1000)
@@ -168,12 +178,10 @@ export default fp(async (fastify) => {
       }
       return { token: signer!(payload as unknown as Record<string, unknown>), expiresIn: exp - iat }
     },
+    verifiedBefore,
     async verifyAccessToken (token) {
-      const hit = verified.get(token)
-      if (hit !== undefined) {
-        if (hit.exp * 1000 + CLOCK_TOLERANCE > Date.now()) return hit
-        verified.delete(token)
-      }
+      const hit = verifiedBefore(token)
+      if (hit !== undefined) return hit
       const claims = await (verify(token) as Promise<AccessTokenClaims>)
       if (verified.size >= VERIFIED_CACHE_MAX) verified.delete(verified.keys().next().value!)
       verified.set(token, claims)

@@ -262,7 +262,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 
   await fastify.register(async (instance) => {
     const signedIn = instance.withTypeProvider<TypeBoxTypeProvider>()
-    signedIn.addHook('preParsing', async (request) => { await fastify.authenticate(request) })
+    signedIn.addHook('preParsing', fastify.authenticateHook)
 
     signedIn.post('/api/auth/logout-all', {
       schema: {
