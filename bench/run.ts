@@ -1,7 +1,9 @@
 // npm run bench: starts Gatehouse (the built dist/, as production runs it) against real
 // PostgreSQL and Redis, and the bare-Fastify floor (bench/floor.ts), each in a process of its
 // own, then drives every scenario with autocannon from this process and prints a markdown
-// table: scenario, req/s, p50, p99, errors, server RSS, and the ratio to the floor.
+// table: scenario, req/s, p50, p99, errors, server RSS, the ratio to the floor, and the CPU
+// time each server spent per request (from /proc: steadier than req/s on a shared machine,
+// where the load generator and Redis compete with the server for the same cores).
 //   BENCH_DURATION     seconds per measurement (default 10)
 //   BENCH_CONNECTIONS  concurrent connections (default 32)
 //   BENCH_ONLY         only the scenarios whose name contains this text
@@ -29,9 +31,29 @@ const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 1))
 const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 
-export interface Measurement { requestsPerSecond: number, p50: number, p99: number, errors: number }
+export interface Measurement {
+  requestsPerSecond: number
+  p50: number
+  p99: number
+  errors: number
+  /** Server CPU time (user + system) per request, in microseconds; 0 when unknown. */
+  cpuPerRequest: number
+}
 
-export async function measure (base: string, target: Target, seconds = duration): Promise<Measurement> {
+const CLOCK_TICK_US = 10_000 // USER_HZ is 100 on Linux
+
+/** CPU time used so far by a process, in microseconds (from /proc). */
+async function cpuTime (pid: number | undefined): Promise<number | undefined> {
+  if (pid === undefined) return undefined
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined)
+  if (stat === undefined) return undefined
+  // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) * CLOCK_TICK_US
+}
+
+export async function measure (base: string, target: Target, seconds = duration, pid?: number): Promise<Measurement> {
+  const cpuBefore = await cpuTime(pid)
   const request = {
     method: target.method ?? 'GET',
     path: target.path,
@@ -47,6 +69,7 @@ export async function measure (base: string, target: Target, seconds = duration)
     duration: seconds
   })
   return {
+    cpuPerRequest: cpuBefore === undefined || result.requests.total === 0 ? 0 : Math.round(((await cpuTime(pid))! - cpuBefore) / result.requests.total),
     requestsPerSecond: Math.round(result.requests.average),
     p50: result.latency.p50,
     p99: result.latency.p99,
@@ -96,13 +119,14 @@ const ratioOf = (row: Row): number => row.floor.requestsPerSecond === 0 ? 0 : ro
 function table (rows: Row[]): string {
   const ranged = rows.some(row => row.ratios.length > 1)
   const lines = [
-    `| scenario | req/s | p50 ms | p99 ms | errors | server RSS MB | floor req/s | ratio to floor |${ranged ? ' ratio range |' : ''}`,
-    `|---|---:|---:|---:|---:|---:|---:|---:|${ranged ? '---:|' : ''}`
+    `| scenario | req/s | p50 ms | p99 ms | errors | server RSS MB | floor req/s | ratio to floor |${ranged ? ' ratio range |' : ''} CPU µs/req | floor CPU µs/req |`,
+    `|---|---:|---:|---:|---:|---:|---:|---:|${ranged ? '---:|' : ''}---:|---:|`
   ]
   const percent = (ratio: number): string => `${(ratio * 100).toFixed(0)}%`
+  const cpu = (measurement: Measurement): string => measurement.cpuPerRequest === 0 ? '–' : String(measurement.cpuPerRequest)
   for (const row of rows) {
     const range = ranged ? ` ${percent(row.ratios[0]!)}–${percent(row.ratios.at(-1)!)} |` : ''
-    lines.push(`| ${row.scenario} | ${row.gatehouse.requestsPerSecond} | ${row.gatehouse.p50} | ${row.gatehouse.p99} | ${row.gatehouse.errors} | ${row.rss} | ${row.floor.requestsPerSecond} | ${percent(ratioOf(row))} |${range}`)
+    lines.push(`| ${row.scenario} | ${row.gatehouse.requestsPerSecond} | ${row.gatehouse.p50} | ${row.gatehouse.p99} | ${row.gatehouse.errors} | ${row.rss} | ${row.floor.requestsPerSecond} | ${percent(ratioOf(row))} |${range} ${cpu(row.gatehouse)} | ${cpu(row.floor)} |`)
   }
   return lines.join('\n')
 }
@@ -152,12 +176,12 @@ async function main (): Promise<void> {
       const measured: Row[] = []
       for (let round = 0; round < rounds; round++) {
         const [ours] = await Promise.all([
-          measure(gatehouse.base, scenario.gatehouse(context)),
+          measure(gatehouse.base, scenario.gatehouse(context), duration, scenario.background === undefined ? gatehouse.child.pid : undefined),
           scenario.background === undefined ? undefined : measure(gatehouse.base, scenario.background.gatehouse(context))
         ])
         const rss = await rssMegabytes(gatehouse.child.pid)
         const [theirs] = await Promise.all([
-          measure(floor.base, scenario.floor(context)),
+          measure(floor.base, scenario.floor(context), duration, scenario.background === undefined ? floor.child.pid : undefined),
           scenario.background === undefined ? undefined : measure(floor.base, scenario.background.floor(context))
         ])
         measured.push({ scenario: scenario.name, gatehouse: ours, rss, floor: theirs, ratios: [] })

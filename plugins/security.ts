@@ -28,7 +28,27 @@ const BASE_HELMET: HelmetOptions = {
       frameAncestors: ["'none'"]
     }
   },
-  referrerPolicy: { policy: 'no-referrer' }
+  referrerPolicy: { policy: 'no-referrer' },
+  xFrameOptions: { action: 'deny' },
+  // Headers that only matter for HTML documents (or for IE and Flash) are left off JSON
+  // answers: each costs every response its bytes and validation (measured: the full set took
+  // 8 µs of a 38 µs health check). Pages add them back with DOCUMENT_HELMET.
+  crossOriginOpenerPolicy: false,
+  originAgentCluster: false,
+  xDnsPrefetchControl: false,
+  xDownloadOptions: false,
+  xPermittedCrossDomainPolicies: false,
+  xXssProtection: false
+}
+
+/** The helmet headers of an HTML page (spread into a route's `helmet` option). */
+export const DOCUMENT_HELMET: HelmetOptions = {
+  crossOriginOpenerPolicy: true,
+  originAgentCluster: true,
+  xDnsPrefetchControl: true,
+  xDownloadOptions: true,
+  xPermittedCrossDomainPolicies: true,
+  xXssProtection: true
 }
 
 type Middleware = (request: IncomingMessage, response: ServerResponse, next: (error?: unknown) => void) => void

@@ -4,6 +4,7 @@ import type { FastifyPluginAsyncTypebox, TypeBoxTypeProvider } from '@fastify/ty
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { HelmetOptions } from 'helmet'
 import { Type } from 'typebox'
+import { DOCUMENT_HELMET } from '../../plugins/security.js'
 import { isProduction, publicUrl } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { redirectPolicy } from '../../src/auth/redirects.js'
@@ -118,6 +119,7 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   const pageHelmet: HelmetOptions = {
+    ...DOCUMENT_HELMET,
     contentSecurityPolicy: {
       useDefaults: false as const,
       directives: { defaultSrc: ["'none'"], styleSrc: ["'unsafe-inline'"], formAction: ["'self'"], baseUri: ["'none'"], frameAncestors: ["'none'"] }

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify'
 import type { HelmetOptions } from 'helmet'
+import { DOCUMENT_HELMET } from '../../plugins/security.js'
 
 /*
  * /demo: what a seed SPA does, in one static page and plain JavaScript (no build step). It
@@ -146,6 +147,7 @@ $('sign-out').addEventListener('click', async () => {
 
 /** The demo page needs scripts and styles from its own origin; everything else stays forbidden. */
 const demoHelmet: HelmetOptions = {
+  ...DOCUMENT_HELMET,
   contentSecurityPolicy: {
     useDefaults: false,
     directives: {

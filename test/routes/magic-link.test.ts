@@ -193,6 +193,7 @@ t.test('MAGIC_LINK_CONFIRM=page: opening shows a page, its button signs in', asy
     t.match(page.headers['content-type'], /text\/html/)
     t.match(page.body, /<form method="post" action="\/api\/auth\/magic-link\/verify">/)
     t.match(page.headers['content-security-policy'], /form-action 'self'/)
+    t.equal(page.headers['cross-origin-opener-policy'], 'same-origin', 'a page gets the document headers too')
   }
   const post = async (origin: string) => await app.inject({
     method: 'POST',
