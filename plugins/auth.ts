@@ -247,6 +247,12 @@ export default fp(async (fastify) => {
       .execute()
   }
 
+  /** A session's first tokens. */
+  const issued = ({ sessionId, refreshToken, state }: Pick<PendingSession, 'sessionId' | 'refreshToken' | 'state'>, user: Pick<UserRecord, 'id' | 'role'>): IssuedSession => {
+    const access = issueAccessToken(user.id, user.role, sessionId, state)
+    return { sessionId, refreshToken, accessToken: access.token, expiresIn: access.expiresIn, rememberMe: state.rememberMe, expiresAt: state.expiresAt }
+  }
+
   /** The audit fields of whoever acted. */
   const by = (actor: Actor) => ({ actorUserId: actor.userId ?? null, ip: actor.origin?.ip, userAgent: actor.origin?.userAgent })
 
@@ -274,16 +280,15 @@ export default fp(async (fastify) => {
       return { sessionId, refreshToken: newRefreshToken(sessionId), state, row }
     },
 
-    async activate ({ sessionId, refreshToken, state }, user) {
+    async activate (pending, user) {
       // The store after PostgreSQL: if the row's transaction failed, no session exists at all.
       try {
-        await store.createSession(sessionId, state, hashToken(refreshToken))
+        await store.createSession(pending.sessionId, pending.state, hashToken(pending.refreshToken))
       } catch (error) {
-        await markRevoked(db, [sessionId], 'revoked').catch(() => {})
+        await markRevoked(db, [pending.sessionId], 'revoked').catch(() => {})
         throw error
       }
-      const access = issueAccessToken(user.id, user.role, sessionId, state)
-      return { sessionId, refreshToken, accessToken: access.token, expiresIn: access.expiresIn, rememberMe: state.rememberMe, expiresAt: state.expiresAt }
+      return issued(pending, user)
     },
 
     async start (trx, options) {
@@ -292,8 +297,7 @@ export default fp(async (fastify) => {
       // The store last: if the transaction fails after this, the session is one whose
       // token was never handed out, and it expires on its own.
       await store.createSession(pending.sessionId, pending.state, hashToken(pending.refreshToken))
-      const access = issueAccessToken(options.user.id, options.user.role, pending.sessionId, pending.state)
-      return { sessionId: pending.sessionId, refreshToken: pending.refreshToken, accessToken: access.token, expiresIn: access.expiresIn, rememberMe: pending.state.rememberMe, expiresAt: pending.state.expiresAt }
+      return issued(pending, options.user)
     },
 
     async refresh (refreshToken, origin) {
@@ -321,8 +325,7 @@ export default fp(async (fastify) => {
       }
       if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
       lastUsed.set(sessionId, new Date(fastify.now()))
-      const access = issueAccessToken(user.id, user.role, sessionId, session)
-      return { sessionId, refreshToken: successor, accessToken: access.token, expiresIn: access.expiresIn, rememberMe: session.rememberMe, expiresAt: session.expiresAt }
+      return issued({ sessionId, refreshToken: successor, state: session }, user)
     },
 
     async sessionOfRefreshToken (refreshToken) {

@@ -4,7 +4,7 @@ import { Type } from 'typebox'
 import { isProduction } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { hashPassword, passwordProblem, preparePasswords, verifyPassword } from '../../src/auth/passwords.js'
-import { emailKey, throttle } from '../../src/auth/throttle.js'
+import { emailKey, signInThrottle } from '../../src/auth/throttle.js'
 import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
 import { REFRESH_COOKIE, type IssuedSession } from '../../plugins/auth.js'
@@ -65,14 +65,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const passwordsEnabled = config.PASSWORD_AUTH === 'enabled'
   if (passwordsEnabled) await preparePasswords()
 
-  const signInThrottle = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    await throttle(store, reply, `signin:ip:${request.ip}`, config.LOGIN_MAX_PER_IP, config.LOGIN_WINDOW,
-      'Too many sign-in attempts from this IP, please try again later.')
-  }
+  const signInLimit = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => { await signInThrottle(store, config, request, reply) }
 
   /** The checks and work before any new password account: throttle, password rules, hash. */
   const newAccount = async (request: FastifyRequest<{ Body: { email: string, password: string } }>, reply: FastifyReply) => {
-    await signInThrottle(request, reply)
+    await signInLimit(request, reply)
     const problem = passwordProblem(request.body.password, config.PASSWORD_MIN_LENGTH)
     if (problem !== undefined) throw errors.badRequest(problem, 'WEAK_PASSWORD', { password: problem })
     return {
@@ -132,7 +129,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     if (!passwordsEnabled) throw errors.gone(PASSWORD_DISABLED.login, 'PASSWORD_AUTH_DISABLED')
-    await signInThrottle(request, reply)
+    await signInLimit(request, reply)
     const email = normalizeEmail(request.body.email)
     const origin = fastify.originOf(request)
     // Failures per address, whether or not it has an account, so the limit reveals nothing.
@@ -225,7 +222,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     } catch (error) {
       if ((error as { statusCode?: number }).statusCode === 401) {
         // Guessing costs: invalid tokens count against the IP's sign-in budget.
-        await signInThrottle(request, reply)
+        await signInLimit(request, reply)
         if (fromCookie) fastify.clearSessionCookies(reply)
       }
       throw error

@@ -8,7 +8,7 @@ import { DOCUMENT_HELMET } from '../../plugins/security.js'
 import { isProduction, publicUrl } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { redirectPolicy } from '../../src/auth/redirects.js'
-import { emailKey, throttle } from '../../src/auth/throttle.js'
+import { emailKey, signInThrottle, throttle } from '../../src/auth/throttle.js'
 import { audit, normalizeEmail, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses } from '../../src/schemas/common.js'
 
@@ -71,8 +71,7 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     if (!enabled) throw errors.gone('Magic-link sign-in is disabled.', 'MAGIC_LINKS_DISABLED')
     const email = normalizeEmail(request.body.email)
-    await throttle(store, reply, `signin:ip:${request.ip}`, config.LOGIN_MAX_PER_IP, config.LOGIN_WINDOW,
-      'Too many sign-in attempts from this IP, please try again later.')
+    await signInThrottle(store, config, request, reply)
     await throttle(store, reply, `ml:rate:${emailKey(email)}`, config.MAGIC_LINK_MAX_PER_EMAIL, config.LOGIN_WINDOW,
       'Too many sign-in links for this address, please try again later.')
     const token = randomBytes(32).toString('base64url')

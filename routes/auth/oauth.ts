@@ -9,7 +9,7 @@ import { isProduction, publicUrl } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { providerRegistry, type Provider } from '../../src/auth/providers.js'
 import { redirectPolicy } from '../../src/auth/redirects.js'
-import { throttle } from '../../src/auth/throttle.js'
+import { signInThrottle } from '../../src/auth/throttle.js'
 import { audit, normalizeEmail, publicUser, PublicUser, USER_COLUMNS, type UserRecord } from '../../src/auth/users.js'
 import { errorResponses } from '../../src/schemas/common.js'
 import { REFRESH_COOKIE } from '../../plugins/auth.js'
@@ -183,7 +183,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 
   const failed = async (request: FastifyRequest, reply: FastifyReply, key: string, reason: string): Promise<never> => {
     await audit(db, { action: 'auth.login_failed', subjectType: 'provider', subjectId: key, ip: request.ip, userAgent: request.headers['user-agent'], details: { method: 'oauth', reason } })
-    await throttle(store, reply, `signin:ip:${request.ip}`, config.LOGIN_MAX_PER_IP, config.LOGIN_WINDOW, 'Too many sign-in attempts from this IP, please try again later.')
+    await signInThrottle(store, config, request, reply)
     throw errors.badRequest('Sign-in with the identity provider failed', 'OAUTH_FAILED')
   }
 
@@ -329,8 +329,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const header = request.headers.cookie
     const refreshToken = header === undefined ? undefined : fastify.parseCookie(header)[REFRESH_COOKIE]
     if (sessionId === undefined && refreshToken !== undefined && refreshToken !== '') {
-      if (request.headers.origin !== undefined) fastify.checkCookieRequest(request)
-      else throw errors.forbidden('Cookie-authenticated requests must come from an allowed origin', 'ORIGIN_NOT_ALLOWED')
+      fastify.checkCookieRequest(request)
       sessionId = await sessions.sessionOfRefreshToken(refreshToken)
     }
     if (sessionId !== undefined) await sessions.revoke(sessionId, 'logout', { userId: request.auth?.userId ?? null, origin: fastify.originOf(request) })

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
-import type { FastifyReply } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { Config } from '../config.js'
 import { errors } from '../errors.js'
 import type { Store } from '../store/index.js'
 
@@ -15,4 +16,10 @@ export async function throttle (store: Store, reply: FastifyReply, key: string, 
 /** A short, stable key for an e-mail address in counter names (the address itself is not stored). */
 export function emailKey (email: string): string {
   return createHash('sha256').update(email).digest('base64url').slice(0, 22)
+}
+
+/** The per-IP budget every sign-in attempt spends (password, register, magic link, OAuth failures, bad refresh tokens). */
+export async function signInThrottle (store: Store, config: Config, request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  await throttle(store, reply, `signin:ip:${request.ip}`, config.LOGIN_MAX_PER_IP, config.LOGIN_WINDOW,
+    'Too many sign-in attempts from this IP, please try again later.')
 }
