@@ -4,11 +4,14 @@
 //   FLOOR_JWT_KEY       the PEM private key Gatehouse signs with (the same RS256 work)
 //   FLOOR_PASSWORD_HASH the argon2id hash the login floor verifies against
 //   FLOOR_REDIS_URL     Redis for the rotation floor
+//   FLOOR_DATABASE_URL  PostgreSQL (the bench database) for the one-query floors
 import { createHmac, createHash, createPublicKey, randomBytes, randomUUID } from 'node:crypto'
 import { verify as argon2Verify } from '@node-rs/argon2'
 import { createSigner, createVerifier } from 'fast-jwt'
 import Fastify from 'fastify'
+import pg from 'pg'
 import { RedisStore } from '../src/store/redis.js'
+import { memberJson, workspaceJson, type MemberRow, type WorkspaceRow } from '../src/tenancy/workspaces.js'
 
 const server = Fastify({ logger: false })
 
@@ -50,6 +53,45 @@ if (privatePem !== undefined) {
     return { accessToken: sign({ sub: result.session.userId, sid: sessionId }), expiresIn: 900, refreshToken: successor }
   })
   server.addHook('onClose', async () => { await store.close() })
+
+  // JWT + one query: the same verification as /floor/me, then the very statement (as Kysely
+  // compiles it) Gatehouse runs for the route, on a pool as large as Gatehouse's default.
+  const databaseUrl = process.env.FLOOR_DATABASE_URL
+  if (databaseUrl !== undefined) {
+    const pool = new pg.Pool({ connectionString: databaseUrl, max: 10, application_name: 'gatehouse-floor' })
+    server.addHook('onClose', async () => { await pool.end() })
+
+    // routes/workspaces/index.ts, GET /api/workspace/members (the workspace is the token's).
+    const membersSql = 'select * from "workspace_members" where "workspace_id" = $1 order by "created_at", "id" limit $2'
+    server.get('/floor/members', async (request) => {
+      const claims = verify((request.headers.authorization ?? '').slice(7)) as { sub: string, wid: number }
+      const { rows } = await pool.query<MemberRow>(membersSql, [claims.wid, 1000])
+      return { members: rows.map(memberJson) }
+    })
+
+    // routes/auth/session.ts, `context`: the user's memberships joined with their workspaces.
+    const contextSql = 'select "w".*, "m"."id" as "m_id", "m"."user_id" as "m_user_id", "m"."invite_email" as "m_invite_email", ' +
+      '"m"."name" as "m_name", "m"."role" as "m_role", "m"."accepted_at" as "m_accepted_at", "m"."created_at" as "m_created_at" ' +
+      'from "workspace_members" as "m" inner join "workspaces" as "w" on "w"."id" = "m"."workspace_id" ' +
+      'where "m"."user_id" = $1 order by "m"."accepted_at", "w"."id"'
+    type ContextRow = WorkspaceRow & { m_id: string, m_user_id: string, m_invite_email: string, m_name: string, m_role: MemberRow['role'], m_accepted_at: Date | null, m_created_at: Date }
+    server.get('/floor/session-context', async (request) => {
+      const claims = verify((request.headers.authorization ?? '').slice(7)) as { sub: string, wid: number }
+      const { rows } = await pool.query<ContextRow>(contextSql, [claims.sub])
+      const active = rows.find(row => row.id === claims.wid)
+      return {
+        session: {
+          user: { id: claims.sub },
+          activeWorkspace: active === undefined ? null : workspaceJson(active),
+          activeMembership: active === undefined
+            ? null
+            : memberJson({ id: active.m_id, workspace_id: active.id, user_id: active.m_user_id, invite_email: active.m_invite_email, name: active.m_name, role: active.m_role, accepted_at: active.m_accepted_at, created_at: active.m_created_at, invited_by: null, updated_at: active.updated_at }),
+          workspaces: rows.map(row => ({ ...workspaceJson(row), role: row.m_role, membershipId: row.m_id })),
+          providers: []
+        }
+      }
+    })
+  }
 }
 
 const passwordHash = process.env.FLOOR_PASSWORD_HASH

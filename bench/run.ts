@@ -10,6 +10,8 @@
 //   BENCH_ROUNDS       measurements per scenario, alternating with the floor (default 1);
 //                      the median round is printed, with the range of the ratios
 //   TEST_DATABASE_URL / TEST_REDIS_URL  the servers, as for npm test
+// Under the table: the goals of issue 5, and for the scenarios marked `statements` the
+// database statements Gatehouse issued during its measured runs (bench/statements.ts).
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
@@ -22,7 +24,8 @@ import pg from 'pg'
 import { projectRoot } from '../src/paths.js'
 import { freePort } from '../test/helper.js'
 import { hashPassword } from '../src/auth/passwords.js'
-import { BENCH_PASSWORD, scenarios, type BenchContext, type Target } from './scenarios.js'
+import { BENCH_PASSWORD, MEMBERS_JWT, MEMBERS_TOKEN, scenarios, type BenchContext, type Target } from './scenarios.js'
+import { difference, StatementCounter, sum, type Delta } from './statements.js'
 
 const duration = Number(process.env.BENCH_DURATION ?? 10)
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 32)
@@ -36,6 +39,8 @@ export interface Measurement {
   p50: number
   p99: number
   errors: number
+  /** Responses received. */
+  requests: number
   /** Server CPU time (user + system) per request, in microseconds; 0 when unknown. */
   cpuPerRequest: number
 }
@@ -73,7 +78,8 @@ export async function measure (base: string, target: Target, seconds = duration,
     requestsPerSecond: Math.round(result.requests.average),
     p50: result.latency.p50,
     p99: result.latency.p99,
-    errors: result.errors + result.timeouts + result.non2xx
+    errors: result.errors + result.timeouts + result.non2xx,
+    requests: result.requests.total
   }
 }
 
@@ -112,8 +118,17 @@ export async function rssMegabytes (pid: number | undefined): Promise<number> {
   return match === null ? 0 : Math.round(Number(match[1]) / 1024)
 }
 
-interface Row { scenario: string, gatehouse: Measurement, rss: number, floor: Measurement, ratios: number[] }
+interface Row {
+  scenario: string
+  gatehouse: Measurement
+  rss: number
+  floor: Measurement
+  ratios: number[]
+  /** Statements during the measured Gatehouse runs (all rounds), and those runs' requests. */
+  statements?: { delta: Delta, requests: number }
+}
 
+const percent = (ratio: number): string => `${(ratio * 100).toFixed(0)}%`
 const ratioOf = (row: Row): number => row.floor.requestsPerSecond === 0 ? 0 : row.gatehouse.requestsPerSecond / row.floor.requestsPerSecond
 
 function table (rows: Row[]): string {
@@ -122,7 +137,6 @@ function table (rows: Row[]): string {
     `| scenario | req/s | p50 ms | p99 ms | errors | server RSS MB | floor req/s | ratio to floor |${ranged ? ' ratio range |' : ''} CPU µs/req | floor CPU µs/req |`,
     `|---|---:|---:|---:|---:|---:|---:|---:|${ranged ? '---:|' : ''}---:|---:|`
   ]
-  const percent = (ratio: number): string => `${(ratio * 100).toFixed(0)}%`
   const cpu = (measurement: Measurement): string => measurement.cpuPerRequest === 0 ? '–' : String(measurement.cpuPerRequest)
   for (const row of rows) {
     const range = ranged ? ` ${percent(row.ratios[0]!)}–${percent(row.ratios.at(-1)!)} |` : ''
@@ -131,8 +145,50 @@ function table (rows: Row[]): string {
   return lines.join('\n')
 }
 
+/** Issue 5's goals, for the scenarios measured in this run. */
+function goals (rows: Row[]): string {
+  const jwt = rows.find(row => row.scenario === MEMBERS_JWT)
+  const token = rows.find(row => row.scenario === MEMBERS_TOKEN)
+  const lines: string[] = []
+  const verdict = (ratio: number, goal: number): string => `goal ≥ ${percent(goal)}: ${ratio >= goal ? 'met' : 'NOT met'}`
+  if (jwt !== undefined && token !== undefined && jwt.gatehouse.requestsPerSecond > 0) {
+    const ratio = token.gatehouse.requestsPerSecond / jwt.gatehouse.requestsPerSecond
+    const cpu = jwt.gatehouse.cpuPerRequest === 0 || token.gatehouse.cpuPerRequest === 0 ? '' : `; CPU ${token.gatehouse.cpuPerRequest} vs ${jwt.gatehouse.cpuPerRequest} µs/req`
+    lines.push(`- members list, read-only integration token vs JWT: ${percent(ratio)} of the JWT scenario's req/s (${token.gatehouse.requestsPerSecond} vs ${jwt.gatehouse.requestsPerSecond}; ${verdict(ratio, 0.9)})` +
+      `${cpu}; against the same floor: ${percent(ratioOf(token))} vs ${percent(ratioOf(jwt))}`)
+  }
+  if (jwt !== undefined) lines.push(`- members list (JWT) vs its floor: ${percent(ratioOf(jwt))} (${verdict(ratioOf(jwt), 0.6)})`)
+  return lines.length === 0 ? '' : `Goals (issue 5):\n${lines.join('\n')}`
+}
+
+function statementTable (rows: Row[]): string {
+  const counted = rows.filter(row => row.statements !== undefined)
+  if (counted.length === 0) return ''
+  const each = (count: number, requests: number): string => requests === 0 ? '–' : (count / requests).toFixed(count === 0 ? 0 : 3)
+  const lines = [
+    '| scenario | requests | statements | per request | rows written | per request | tables written | integration_tokens scans | scans per request, by table |',
+    '|---|---:|---:|---:|---:|---:|---|---:|---|'
+  ]
+  for (const row of counted) {
+    const { delta, requests } = row.statements!
+    const written = [...delta.tables].filter(([, stats]) => stats.written !== 0).map(([table, stats]) => `${table} ${stats.written}`).join(', ')
+    const scans = [...delta.tables].filter(([, stats]) => stats.scans !== 0).map(([table, stats]) => stats.scans >= requests / 100 ? `${table} ${each(stats.scans, requests)}` : `${table} ${stats.scans} in all`).join(', ')
+    lines.push(`| ${row.scenario}${delta.settled ? '' : ' (unsettled)'} | ${requests} | ${delta.commits} | ${each(delta.commits, requests)} | ${delta.written} | ${each(delta.written, requests)} | ${written === '' ? '–' : written} | ${delta.tables.get('integration_tokens')?.scans ?? 0} | ${scans === '' ? '–' : scans} |`)
+  }
+  return `Statements during the run (Gatehouse only):\n\n${lines.join('\n')}\n\n` +
+    'Counted from PostgreSQL\'s statistics of the bench database, read before and after each measured Gatehouse run (the floor runs outside ' +
+    'those windows): statements = pg_stat_database.xact_commit (each statement of these routes is an autocommit statement, one transaction; ' +
+    'a BEGIN…COMMIT block would count once, and a new pool connection adds one); rows written = n_tup_ins + n_tup_upd + n_tup_del over ' +
+    'pg_stat_user_tables; scans = seq_scan + idx_scan per table (a join scans both tables). A statement that writes no row is a read. ' +
+    '"requests" are the answers autocannon received: the request each connection still has in flight when it stops is served too ' +
+    `(about ${connections} more statements than requests for a one-query route). ` +
+    'Backends flush their statistics lazily (an idle one up to 10 s later), so each reading waits 11 s after the last load and then until ' +
+    'two readings a second apart agree ("unsettled": they still moved after 26 s); the readings are rolled back and add no commit.'
+}
+
 async function main (): Promise<void> {
-  const database = 'gh_bench'
+  // A name of its own, so that a bench run elsewhere on the same server never drops this one.
+  const database = `gh_bench_${randomBytes(4).toString('hex')}`
   const admin = new pg.Client({ connectionString: adminUrl })
   await admin.connect()
   await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
@@ -152,6 +208,7 @@ async function main (): Promise<void> {
     // One client address drives the whole load: the per-IP limit would stop it at once.
     RATE_LIMIT_MAX: '1000000000',
     RATE_LIMIT_AUTHENTICATED_MAX: '1000000000',
+    RATE_LIMIT_TOKEN_MAX: '1000000000',
     LOGIN_MAX_PER_IP: '1000000',
     MAGIC_LINKS: 'disabled',
     JWT_PRIVATE_KEY: privatePem
@@ -159,9 +216,11 @@ async function main (): Promise<void> {
   const floor = await startServer(['--import', 'tsx', 'bench/floor.ts'], {
     FLOOR_JWT_KEY: privatePem,
     FLOOR_PASSWORD_HASH: await hashPassword(BENCH_PASSWORD),
-    FLOOR_REDIS_URL: redisUrl
+    FLOOR_REDIS_URL: redisUrl,
+    FLOOR_DATABASE_URL: databaseUrl.toString()
   }, '/floor/health')
   const context: BenchContext = { gatehouse: gatehouse.base, floor: floor.base, connections, rounds }
+  const counter = await StatementCounter.connect(databaseUrl.toString())
 
   const rows: Row[] = []
   try {
@@ -174,12 +233,20 @@ async function main (): Promise<void> {
       // Rounds alternate Gatehouse and its floor, so that a noisy neighbour hurts both alike;
       // the round with the median ratio is reported, with the range of all rounds.
       const measured: Row[] = []
+      const deltas: Delta[] = []
+      let requests = 0
       for (let round = 0; round < rounds; round++) {
+        // The floor shares the database: the statistics are read only around Gatehouse's run.
+        const before = scenario.statements === true ? await counter.settled(Date.now()) : undefined
         const [ours] = await Promise.all([
           measure(gatehouse.base, scenario.gatehouse(context), duration, scenario.background === undefined ? gatehouse.child.pid : undefined),
           scenario.background === undefined ? undefined : measure(gatehouse.base, scenario.background.gatehouse(context))
         ])
         const rss = await rssMegabytes(gatehouse.child.pid)
+        if (before !== undefined) {
+          deltas.push(difference(before, await counter.settled(Date.now())))
+          requests += ours.requests
+        }
         const [theirs] = await Promise.all([
           measure(floor.base, scenario.floor(context), duration, scenario.background === undefined ? floor.child.pid : undefined),
           scenario.background === undefined ? undefined : measure(floor.base, scenario.background.floor(context))
@@ -188,10 +255,11 @@ async function main (): Promise<void> {
       }
       const ratios = measured.map(ratioOf).sort((a, b) => a - b)
       measured.sort((a, b) => ratioOf(a) - ratioOf(b))
-      rows.push({ ...measured[Math.floor(measured.length / 2)]!, ratios })
+      rows.push({ ...measured[Math.floor(measured.length / 2)]!, ratios, ...(deltas.length === 0 ? {} : { statements: { delta: sum(deltas), requests } }) })
       process.stderr.write(`measured ${scenario.name}\n`)
     }
   } finally {
+    await counter.close()
     await stopServer(gatehouse)
     await stopServer(floor)
     await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
@@ -202,7 +270,10 @@ async function main (): Promise<void> {
     redis.disconnect()
   }
 
-  const output = table(rows)
+  // The floor's errors are not in the table: a floor that failed fast would flatter nobody.
+  const floorErrors = rows.filter(row => row.floor.errors > 0).map(row => `- ${row.scenario}: ${row.floor.errors} floor errors`).join('\n')
+  const output = [table(rows), floorErrors === '' ? '' : `Floor errors (its req/s are not comparable):\n${floorErrors}`, goals(rows), statementTable(rows)]
+    .filter(part => part !== '').join('\n\n')
   console.log(`\nGatehouse bench — ${connections} connections, ${duration} s per measurement, ${rounds} round(s), Node ${process.version}\n`)
   console.log(output)
   await mkdir(join(projectRoot, 'bench/results'), { recursive: true })

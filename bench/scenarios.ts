@@ -30,13 +30,16 @@ export interface Scenario {
   floor: (context: BenchContext) => Target
   /** Load driven at the same time as the measured target (on the same server). */
   background?: { gatehouse: (context: BenchContext) => Target, floor: (context: BenchContext) => Target }
+  /** Count the database statements Gatehouse issues during the measured run (bench/statements.ts). */
+  statements?: boolean
 }
 
 export const BENCH_PASSWORD = 'bench password that is long enough'
 const json = { 'content-type': 'application/json' }
 
-async function post (url: string, body: unknown): Promise<Record<string, unknown>> {
-  const response = await fetch(url, { method: 'POST', headers: json, body: JSON.stringify(body) })
+async function post (url: string, body: unknown, accessToken?: string): Promise<Record<string, unknown>> {
+  const headers = accessToken === undefined ? json : { ...json, authorization: `Bearer ${accessToken}` }
+  const response = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body) })
   const answer = await response.json() as Record<string, unknown>
   if (!response.ok) throw new Error(`${url}: ${response.status} ${JSON.stringify(answer)}`)
   return answer
@@ -70,6 +73,36 @@ const gatehouseTokens: string[] = []
 const floorTokens: string[] = []
 const loginBody = JSON.stringify({ email: 'bench-login@example.com', password: BENCH_PASSWORD })
 
+/**
+ * The issue-5 user, made once whichever of its scenarios runs first: registered (so the owner
+ * of a personal workspace, their sessions' active one: the JWT's `wid`), five invited viewers
+ * (a list of six members) and a read-only integration token for that workspace. Each scenario
+ * signs in again for an access token of its own (they last 15 minutes).
+ */
+const MEMBERS_EMAIL = 'bench-members@example.com'
+let workspaceUser: Promise<string> | undefined
+async function membersUser (gatehouse: string): Promise<{ jwt: string, token: string }> {
+  workspaceUser ??= (async () => {
+    const { accessToken } = await post(`${gatehouse}/api/auth/register`, { email: MEMBERS_EMAIL, password: BENCH_PASSWORD }) as { accessToken: string }
+    for (let index = 1; index <= 5; index++) {
+      await post(`${gatehouse}/api/workspace/members`, { email: `bench-viewer-${index}@example.com`, role: 'viewer' }, accessToken)
+    }
+    const { token } = await post(`${gatehouse}/api/integration-tokens`, { name: 'bench', scope: 'read_only' }, accessToken) as { token: string }
+    return token
+  })()
+  const token = await workspaceUser
+  const { accessToken: jwt } = await post(`${gatehouse}/api/auth/login`, { email: MEMBERS_EMAIL, password: BENCH_PASSWORD }) as { accessToken: string }
+  return { jwt, token }
+}
+let membersJwt = ''
+let membersToken = ''
+const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
+
+/** The names the goals of issue 5 refer to (bench/run.ts prints them under the table). */
+export const MEMBERS_JWT = 'GET /api/workspace/members (JWT)'
+export const MEMBERS_TOKEN = 'GET /api/workspace/members (read-only integration token)'
+export const SESSION_CONTEXT = 'GET /api/auth/session'
+
 export const scenarios: Scenario[] = [
   {
     name: 'GET /api/health',
@@ -84,6 +117,30 @@ export const scenarios: Scenario[] = [
     },
     gatehouse: () => ({ path: '/api/auth/me', headers: { authorization: `Bearer ${accessToken}` } }),
     floor: () => ({ path: '/floor/me', headers: { authorization: `Bearer ${accessToken}` } })
+  },
+  {
+    // Issue 5: the JWT verified as /floor/me does, then the route's one query.
+    name: MEMBERS_JWT,
+    statements: true,
+    async prepare ({ gatehouse }) { membersJwt = (await membersUser(gatehouse)).jwt },
+    gatehouse: () => ({ path: '/api/workspace/members', headers: bearer(membersJwt) }),
+    floor: () => ({ path: '/floor/members', headers: bearer(membersJwt) })
+  },
+  {
+    // The same list through an integration token; compared with the same (JWT) floor, and
+    // with the JWT scenario (issue 5: at least 90% of its req/s).
+    name: MEMBERS_TOKEN,
+    statements: true,
+    async prepare ({ gatehouse }) { ({ jwt: membersJwt, token: membersToken } = await membersUser(gatehouse)) },
+    gatehouse: () => ({ path: '/api/workspace/members', headers: bearer(membersToken) }),
+    floor: () => ({ path: '/floor/members', headers: bearer(membersJwt) })
+  },
+  {
+    name: SESSION_CONTEXT,
+    statements: true,
+    async prepare ({ gatehouse }) { membersJwt = (await membersUser(gatehouse)).jwt },
+    gatehouse: () => ({ path: '/api/auth/session', headers: bearer(membersJwt) }),
+    floor: () => ({ path: '/floor/session-context', headers: bearer(membersJwt) })
   },
   {
     name: 'POST /api/auth/refresh (rotation)',

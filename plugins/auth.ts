@@ -8,16 +8,18 @@ import { errors } from '../src/errors.js'
 import { hashToken, newRefreshToken, newSessionId, sessionIdOf, successorOf } from '../src/auth/refresh-tokens.js'
 import { audit, USER_COLUMNS, type UserRecord } from '../src/auth/users.js'
 import type { SessionState } from '../src/store/types.js'
+import { MESSAGES } from '../src/tenancy/policy.js'
+import { workspaceForSignIn } from '../src/tenancy/workspaces.js'
 import type { AccessTokenClaims } from './keys.js'
+import type { IntegrationTokenRecord } from './integration-tokens.js'
 
-/** Who made a request, from a verified access token. */
-export interface Auth {
-  userId: string
-  sessionId: string
-  role: 'ADMIN' | 'MEMBER'
-  workspaceId: string | null
-  claims: AccessTokenClaims
-}
+/**
+ * Who made a request: a verified access token of a browser session, or a live integration
+ * token (seed 003), which acts for its member in its one workspace.
+ */
+export type Auth =
+  | { kind: 'session', userId: string, sessionId: string, role: 'ADMIN' | 'MEMBER', workspaceId: number | null, token: null }
+  | { kind: 'integration', userId: string, sessionId: null, role: null, workspaceId: number, token: IntegrationTokenRecord }
 
 /** Where a request came from, for session metadata and the audit log. */
 export interface Origin { ip: string, userAgent?: string }
@@ -25,11 +27,14 @@ export interface Origin { ip: string, userAgent?: string }
 export type SignInMethod = 'password' | 'bootstrap' | 'magic_link' | 'oauth'
 
 export interface StartSession {
-  user: Pick<UserRecord, 'id' | 'role'>
+  user: Pick<UserRecord, 'id' | 'role' | 'email' | 'name'>
   method: SignInMethod
   rememberMe: boolean
   origin: Origin
-  workspaceId?: string | null
+  /** The session's active workspace; `start` finds (or makes) one when it is not given. */
+  workspaceId?: number | null
+  /** The sign-in proved the e-mail address: pending invitations to it are accepted. */
+  emailProven?: boolean
 }
 
 export interface IssuedSession {
@@ -41,6 +46,8 @@ export interface IssuedSession {
   rememberMe: boolean
   /** Absolute expiry of the session, ms. */
   expiresAt: number
+  /** Workspaces whose invitations this sign-in accepted (for the membership caches, after commit). */
+  joined?: number[]
 }
 
 /** Who ends a session, for the audit log. */
@@ -79,6 +86,8 @@ export interface Sessions {
   revokeAll: (userId: string, reason: RevokeReason, actor: Actor, except?: string) => Promise<number>
   /** Is this session revoked (in-process, no store round trip)? */
   isRevoked: (sessionId: string) => boolean
+  /** Makes `workspaceId` the session's active workspace and issues an access token for it. */
+  switchWorkspace: (sessionId: string, user: Pick<UserRecord, 'id' | 'role'>, workspaceId: number) => Promise<{ accessToken: string, expiresIn: number, expiresAt: number, rememberMe: boolean }>
 }
 
 export interface Users {
@@ -106,8 +115,13 @@ declare module 'fastify' {
   interface FastifyInstance {
     sessions: Sessions
     users: Users
-    /** preParsing hook: 401 without a valid access token, 403 for an inactive user. */
+    /** 401 without a valid access token, 403 for an inactive user or an integration token (browser sessions only). */
     authenticate: (request: FastifyRequest) => Promise<void>
+    /**
+     * 401 without a valid access token or integration token (with `messages`' texts), 403 for
+     * an inactive user; sets `request.user`. For routes that integration tokens may call.
+     */
+    signedIn: (request: FastifyRequest, messages?: UnauthorizedMessages) => Promise<void>
     /** preParsing hook: authenticate, then 403 unless the user is a global ADMIN. */
     authenticateAdmin: (request: FastifyRequest) => Promise<void>
     /** `authenticate` as a preParsing hook, synchronous when the user is cached. */
@@ -115,12 +129,18 @@ declare module 'fastify' {
     /** Sets the refresh_token and access_token cookies. */
     setSessionCookies: (reply: FastifyReply, session: IssuedSession) => void
     clearSessionCookies: (reply: FastifyReply) => void
+    /** Replaces the access_token cookie (the WebSocket's) after a workspace switch. */
+    setAccessCookie: (reply: FastifyReply, accessToken: string) => void
     /** Refuses a cookie-authenticated POST from an origin that is not ours, or that is not JSON. */
     checkCookieRequest: (request: FastifyRequest) => void
     /** The client's origin: IP (under TRUST_PROXY) and user agent. */
     originOf: (request: FastifyRequest) => Origin
   }
 }
+
+/** The 401 texts: seed 001/004's by default; seed 003's routes say "Authentication required." */
+export interface UnauthorizedMessages { required: string, invalid: string }
+const DEFAULT_MESSAGES: UnauthorizedMessages = { required: 'Access token required', invalid: 'Invalid or expired token' }
 
 const CHANNEL = 'auth'
 const USER_CACHE_TTL = 30_000
@@ -140,7 +160,7 @@ export const ACCESS_COOKIE = 'access_token'
  * revocation) and the session cookies.
  */
 export default fp(async (fastify) => {
-  const { config, store, db, keys } = fastify
+  const { config, store, db, keys, integrationTokens } = fastify
   const production = isProduction(config)
   const graceMs = config.REFRESH_GRACE
   const revokedFor = config.JWT_ACCESS_TTL + CLOCK_TOLERANCE
@@ -228,7 +248,7 @@ export default fp(async (fastify) => {
   }
 
   // --- sessions --------------------------------------------------------------------------
-  const issueAccessToken = (userId: string, role: 'ADMIN' | 'MEMBER', sessionId: string, state: SessionState) =>
+  const issueAccessToken = (userId: string, role: 'ADMIN' | 'MEMBER', sessionId: string, state: Pick<SessionState, 'workspaceId' | 'expiresAt'>) =>
     keys.signAccessToken({ sub: userId, sid: sessionId, role, ...(state.workspaceId === null ? {} : { wid: state.workspaceId }) }, state.expiresAt)
 
   const revokeInStore = async (sessionId: string): Promise<void> => {
@@ -292,12 +312,15 @@ export default fp(async (fastify) => {
     },
 
     async start (trx, options) {
-      const pending = sessions.prepare(options)
+      const { workspaceId, joined } = options.workspaceId !== undefined
+        ? { workspaceId: options.workspaceId, joined: [] }
+        : await workspaceForSignIn(trx, options.user, options.emailProven === true)
+      const pending = sessions.prepare({ ...options, workspaceId })
       await trx.insertInto('sessions').values(pending.row).execute()
       // The store last: if the transaction fails after this, the session is one whose
       // token was never handed out, and it expires on its own.
       await store.createSession(pending.sessionId, pending.state, hashToken(pending.refreshToken))
-      return issued(pending, options.user)
+      return { ...issued(pending, options.user), joined }
     },
 
     async refresh (refreshToken, origin) {
@@ -375,6 +398,14 @@ export default fp(async (fastify) => {
     isRevoked: sessionId => {
       const until = revoked.get(sessionId)
       return until !== undefined && until > Date.now()
+    },
+
+    async switchWorkspace (sessionId, user, workspaceId) {
+      if (!await store.setSessionWorkspace(sessionId, workspaceId)) throw errors.unauthorized('Invalid or expired token', 'TOKEN_INVALID')
+      const state = await store.getSession(sessionId)
+      if (state === null) throw errors.unauthorized('Invalid or expired token', 'TOKEN_INVALID')
+      const access = issueAccessToken(user.id, user.role, sessionId, { workspaceId, expiresAt: state.expiresAt })
+      return { accessToken: access.token, expiresIn: access.expiresIn, expiresAt: state.expiresAt, rememberMe: state.rememberMe }
     }
   }
 
@@ -390,7 +421,15 @@ export default fp(async (fastify) => {
       request.revokedUserId = claims.sub
       return
     }
-    request.auth = { userId: claims.sub, sessionId: claims.sid, role: claims.role, workspaceId: claims.wid ?? null, claims }
+    request.auth = { kind: 'session', userId: claims.sub, sessionId: claims.sid, role: claims.role, workspaceId: claims.wid ?? null, token: null }
+  }
+  const acceptToken = (request: FastifyRequest, record: IntegrationTokenRecord | undefined): void => {
+    if (record === undefined) {
+      request.authInvalid = true
+      return
+    }
+    integrationTokens.used(record)
+    request.auth = { kind: 'integration', userId: record.userId, sessionId: null, role: null, workspaceId: record.workspaceId, token: record }
   }
   // A callback hook with a synchronous path: no header, or a token verified before, costs no
   // promise at all (this runs on every request).
@@ -402,9 +441,25 @@ export default fp(async (fastify) => {
     }
     const token = BEARER.exec(header)?.[1]
     if (token === undefined) {
-      // Not ours (integration tokens arrive later) or malformed.
-      request.authInvalid = true
-      done()
+      const raw = integrationTokens.bearer.exec(header)?.[1]
+      if (raw === undefined) {
+        request.authInvalid = true
+        done()
+        return
+      }
+      const record = integrationTokens.lookup(raw)
+      if (!(record instanceof Promise)) {
+        acceptToken(request, record)
+        done()
+        return
+      }
+      record.then(found => {
+        acceptToken(request, found)
+        done()
+      }, (error: Error) => {
+        // The database did not answer: not the client's fault, and not a 401 either.
+        done(error)
+      })
       return
     }
     const known = keys.verifiedBefore(token)
@@ -422,7 +477,7 @@ export default fp(async (fastify) => {
     })
   })
 
-  const authenticate = async (request: FastifyRequest): Promise<void> => {
+  const signedIn = async (request: FastifyRequest, messages = DEFAULT_MESSAGES): Promise<void> => {
     const { auth } = request
     if (auth === null) {
       // A deactivated user's sessions are revoked; they are told why (seed 002: 403).
@@ -430,18 +485,23 @@ export default fp(async (fastify) => {
         throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
       }
       throw request.authInvalid
-        ? errors.unauthorized('Invalid or expired token', 'TOKEN_INVALID')
-        : errors.unauthorized('Access token required', 'TOKEN_REQUIRED')
+        ? errors.unauthorized(messages.invalid, 'TOKEN_INVALID')
+        : errors.unauthorized(messages.required, 'TOKEN_REQUIRED')
     }
     const user = await users.get(auth.userId)
-    if (user === undefined) throw errors.unauthorized('Invalid or expired token', 'TOKEN_INVALID')
+    if (user === undefined) throw errors.unauthorized(messages.invalid, 'TOKEN_INVALID')
     if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
     request.user = user
+  }
+  fastify.decorate('signedIn', signedIn)
+  const authenticate = async (request: FastifyRequest): Promise<void> => {
+    await signedIn(request)
+    if (request.auth!.kind === 'integration') throw errors.forbidden(MESSAGES.browserOnly, 'BROWSER_SESSION_REQUIRED')
   }
   fastify.decorate('authenticate', authenticate)
   const authenticateHook: preParsingHookHandler = (request, _reply, payload, done) => {
     // The common case answered synchronously: a valid token of an active user in the cache.
-    const user = request.auth === null ? undefined : users.peek(request.auth.userId)
+    const user = request.auth?.kind === 'session' ? users.peek(request.auth.userId) : undefined
     if (user !== undefined && user.is_active) {
       request.user = user
       done(null, payload)
@@ -466,6 +526,9 @@ export default fp(async (fastify) => {
     })
     // For the WebSocket upgrade only: never accepted as authentication anywhere else.
     reply.setCookie(ACCESS_COOKIE, session.accessToken, { ...cookieBase, path: '/api/ws' })
+  })
+  fastify.decorate('setAccessCookie', (reply: FastifyReply, accessToken: string) => {
+    reply.setCookie(ACCESS_COOKIE, accessToken, { ...cookieBase, path: '/api/ws' })
   })
   fastify.decorate('clearSessionCookies', (reply: FastifyReply) => {
     reply.clearCookie(REFRESH_COOKIE, { ...cookieBase, path: '/api/auth' })
@@ -493,4 +556,4 @@ export default fp(async (fastify) => {
 
   fastify.decorate('sessions', sessions)
   fastify.decorate('users', users)
-}, { name: 'auth', dependencies: ['config', 'db', 'store', 'keys'], fastify: '5.x' })
+}, { name: 'auth', dependencies: ['config', 'db', 'store', 'keys', 'integration-tokens'], fastify: '5.x' })

@@ -3,7 +3,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import fp from 'fastify-plugin'
 import { sql, type Kysely } from 'kysely'
-import { createDatabase, createPool, type Database } from '../src/db/index.js'
+import { createDatabase, createPool, type Database, type StatementCounts } from '../src/db/index.js'
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../src/db/embedded.js'
 import { migrate } from '../src/db/migrate.js'
 import { fromRoot, migrationsDir } from '../src/paths.js'
@@ -16,6 +16,8 @@ declare module 'fastify' {
       mode: 'postgres' | 'embedded'
       /** Resolves when Postgres answers a trivial query; rejects otherwise. */
       ping: () => Promise<void>
+      /** Statements this instance has run since it started, by kind (a copy). */
+      statements: () => StatementCounts
     }
   }
 }
@@ -55,12 +57,14 @@ export default fp(async (fastify) => {
     statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT,
     onError: error => fastify.log.warn({ err: error }, 'idle PostgreSQL connection failed')
   })
-  const db = createDatabase(pool)
+  const counts: StatementCounts = { reads: 0, writes: 0, transactions: 0 }
+  const db = createDatabase(pool, counts)
 
   fastify.decorate('db', db)
   fastify.decorate('database', {
     mode: embedded === undefined ? 'postgres' : 'embedded',
-    async ping () { await sql`SELECT 1`.execute(db) }
+    async ping () { await sql`SELECT 1`.execute(db) },
+    statements: () => ({ ...counts })
   })
   fastify.addHook('onClose', async () => {
     await db.destroy()

@@ -20,7 +20,8 @@ export default fp(async (fastify) => {
       servers: [{ url: publicUrl(config) }],
       components: {
         securitySchemes: {
-          bearer: { type: 'http', scheme: 'bearer', description: 'An access token (JWT) or an integration token' },
+          bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'An access token (JWT) of a browser session' },
+          integrationToken: { type: 'http', scheme: 'bearer', description: `An integration token (${config.INTEGRATION_TOKEN_PREFIX}…), created at POST /api/integration-tokens` },
           refreshCookie: { type: 'apiKey', in: 'cookie', name: 'refresh_token' }
         }
       }

@@ -16,7 +16,7 @@ export interface AccessTokenClaims {
   aud: string
   sub: string
   sid: string
-  wid?: string
+  wid?: number
   role: 'ADMIN' | 'MEMBER'
   iat: number
   exp: number
@@ -31,9 +31,11 @@ export interface IssuedAccessToken {
 
 export interface Keys {
   /** Signs an access token; it never outlives `notAfter` (ms; the session's absolute expiry). */
-  signAccessToken: (claims: { sub: string, sid: string, role: 'ADMIN' | 'MEMBER', wid?: string }, notAfter?: number) => IssuedAccessToken
+  signAccessToken: (claims: { sub: string, sid: string, role: 'ADMIN' | 'MEMBER', wid?: number }, notAfter?: number) => IssuedAccessToken
   /** Verifies signature, algorithm, kid, iss, aud, exp, nbf and required claims; rejects with a fast-jwt TokenError. */
   verifyAccessToken: (token: string) => Promise<AccessTokenClaims>
+  /** The same checks but expiry: for logout, where an expired token still names its session. */
+  verifyIgnoringExpiry: (token: string) => Promise<AccessTokenClaims>
   /** The claims of a token verified before and not yet expired, without any work; else undefined. */
   verifiedBefore: (token: string) => AccessTokenClaims | undefined
   /** The JWKS document, serialized once per key change. */
@@ -122,7 +124,7 @@ export default fp(async (fastify) => {
   }
   arrange()
 
-  const verify = createVerifier({
+  const verifierOptions = {
     key: async ({ header }: { header: { kid?: unknown, alg?: unknown } }) => {
       const entry = typeof header.kid === 'string' ? byKid.get(header.kid) : undefined
       if (entry === undefined || header.alg !== entry.key.alg) throw new Error('unknown key')
@@ -133,7 +135,9 @@ export default fp(async (fastify) => {
     allowedAud: audience,
     requiredClaims: REQUIRED_CLAIMS,
     clockTolerance: CLOCK_TOLERANCE
-  })
+  }
+  const verify = createVerifier(verifierOptions)
+  const verifyExpired = createVerifier({ ...verifierOptions, ignoreExpiration: true })
 
   const reload = async (): Promise<void> => {
     if (source.kind === 'dir') {
@@ -187,6 +191,7 @@ export default fp(async (fastify) => {
       verified.set(token, claims)
       return claims
     },
+    verifyIgnoringExpiry: async token => await (verifyExpired(token) as Promise<AccessTokenClaims>),
     jwks: () => jwksBody,
     sessionSecret,
     refresh: reload

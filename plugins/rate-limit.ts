@@ -21,7 +21,8 @@ const LIMITED_PREFIXES = ['/api/', '/auth/']
 const FLUSH_MS = 100
 
 class BatchedCounters {
-  private readonly entries = new Map<string, { shared: number, pending: number, resetAt: number, windowMs: number }>()
+  /** shared: the store's count at its last answer; inFlight: sent, not yet answered; pending: not sent. */
+  private readonly entries = new Map<string, { shared: number, inFlight: number, pending: number, resetAt: number, windowMs: number }>()
   private timer: NodeJS.Timeout | undefined
 
   constructor (private readonly store: Store) {}
@@ -31,20 +32,20 @@ class BatchedCounters {
     const now = Date.now()
     const entry = this.entries.get(key)
     if (entry === undefined || entry.resetAt <= now) {
-      const fresh = { shared: 0, pending: 0, resetAt: now + windowMs, windowMs }
+      const fresh = { shared: 0, inFlight: 0, pending: 0, resetAt: now + windowMs, windowMs }
       this.entries.set(key, fresh)
       return this.store.increment(key, windowMs).then(({ count, ttlMs }) => {
         fresh.shared = count
         fresh.resetAt = Date.now() + ttlMs
-        return { current: fresh.shared + fresh.pending, ttl: ttlMs }
+        return { current: fresh.shared + fresh.inFlight + fresh.pending, ttl: ttlMs }
       }, () => {
         fresh.shared += 1
-        return { current: fresh.shared + fresh.pending, ttl: windowMs }
+        return { current: fresh.shared + fresh.inFlight + fresh.pending, ttl: windowMs }
       })
     }
     entry.pending++
     this.timer ??= setTimeout(() => { this.flush().catch(() => {}) }, FLUSH_MS).unref()
-    return { current: entry.shared + entry.pending, ttl: entry.resetAt - now }
+    return { current: entry.shared + entry.inFlight + entry.pending, ttl: entry.resetAt - now }
   }
 
   async flush (): Promise<void> {
@@ -59,11 +60,15 @@ class BatchedCounters {
       if (entry.pending === 0) continue
       const batch = entry.pending
       entry.pending = 0
+      entry.inFlight += batch
       work.push(this.store.increment(key, entry.windowMs, batch).then(({ count, ttlMs }) => {
+        // The store answers in order, so its count holds this batch and every earlier one.
+        entry.inFlight -= batch
         entry.shared = count
         entry.resetAt = Date.now() + ttlMs
       }, () => {
         // The store is unreachable: keep counting here and try again with the next batch.
+        entry.inFlight -= batch
         entry.shared += batch
       }))
     }
@@ -86,7 +91,7 @@ function storeAdapter (store: Store, batched: BatchedCounters, namespace: string
     constructor (_options?: unknown, private readonly prefix: string = namespace) {}
 
     incr (key: string, callback: (error: Error | null, result?: { current: number, ttl: number }) => void, timeWindow: number): void {
-      if (key.startsWith('user:')) {
+      if (key.startsWith('user:') || key.startsWith('token:')) {
         const counted = batched.increment(this.prefix + key, timeWindow)
         if (counted instanceof Promise) counted.then(result => { callback(null, result) }, callback)
         else callback(null, counted)
@@ -109,7 +114,7 @@ function storeAdapter (store: Store, batched: BatchedCounters, namespace: string
 /**
  * Unauthenticated /api/* traffic: RATE_LIMIT_MAX requests per RATE_LIMIT_WINDOW per IP
  * (default 100 per 15 minutes, seed 002); requests with a valid access token:
- * RATE_LIMIT_AUTHENTICATED_MAX per user. With draft-spec RateLimit-* headers and a 429 in
+ * RATE_LIMIT_AUTHENTICATED_MAX per user; integration tokens RATE_LIMIT_TOKEN_MAX per token. With draft-spec RateLimit-* headers and a 429 in
  * the SPEC's error body. The client IP honours X-Forwarded-For only under TRUST_PROXY.
  * Routes opt out with `config: { rateLimit: false }` (health probes, public keys).
  * When the store is unreachable the limit is skipped rather than failing the request.
@@ -123,14 +128,22 @@ export default fp(async (fastify) => {
   })
   await fastify.register(rateLimit, {
     global: false,
-    // Signed-in traffic is counted per user (SPEC decision 8), the rest per IP.
-    keyGenerator: request => request.auth === null ? normalizeIP(request.ip) : `user:${request.auth.userId}`,
-    max: (_request, key) => key.startsWith('user:') ? config.RATE_LIMIT_AUTHENTICATED_MAX : config.RATE_LIMIT_MAX,
+    // Signed-in traffic is counted per user or per integration token (SPEC decision 8), the rest per IP.
+    keyGenerator: request => request.auth === null
+      ? normalizeIP(request.ip)
+      : request.auth.kind === 'integration' ? `token:${request.auth.token.id}` : `user:${request.auth.userId}`,
+    max: (_request, key) => key.startsWith('user:')
+      ? config.RATE_LIMIT_AUTHENTICATED_MAX
+      : key.startsWith('token:') ? config.RATE_LIMIT_TOKEN_MAX : config.RATE_LIMIT_MAX,
     timeWindow: config.RATE_LIMIT_WINDOW,
     enableDraftSpec: true,
     skipOnError: true,
     store: storeAdapter(fastify.store, batched, 'rl:'),
-    errorResponseBuilder: () => errors.tooManyRequests()
+    errorResponseBuilder: request => request.auth === null
+      ? errors.tooManyRequests()
+      : errors.tooManyRequests(request.auth.kind === 'integration'
+        ? 'Too many requests with this integration token, please try again later.'
+        : 'Too many requests, please try again later.')
   })
 
   const ipLimit: onRequestHookHandler = fastify.rateLimit()

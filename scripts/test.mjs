@@ -13,13 +13,38 @@ const pgUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:54
 const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 const requireServers = process.env.GH_TEST_REQUIRE_SERVERS === '1'
 
+function isRunning (pid) {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return error.code === 'EPERM'
+  }
+}
+
 async function postgresAnswers () {
   const client = new pg.Client({ connectionString: pgUrl, connectionTimeoutMillis: 3000 })
   try {
     await client.connect()
-    // Leftovers of an interrupted run: test databases and templates of older migrations.
-    const { rows } = await client.query("SELECT datname FROM pg_database WHERE datname LIKE 'gh\\_test\\_%' OR datname LIKE 'gh\\_template\\_%'")
-    for (const { datname } of rows) await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`)
+    // Leftovers of interrupted runs: test databases of processes that no longer run (each
+    // is named gh_test_<pid>_…), and templates when no other run is going on — several runs
+    // may share one PostgreSQL, and one must never drop another's databases.
+    const { rows } = await client.query("SELECT datname FROM pg_database WHERE datname LIKE 'gh\\_test\\_%'")
+    let live = 0
+    for (const { datname } of rows) {
+      const pid = Number(/^gh_test_(\d+)_/.exec(datname)?.[1])
+      if (Number.isInteger(pid) && pid > 0 && isRunning(pid)) live++
+      else await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`)
+    }
+    if (live === 0) {
+      await client.query('SELECT pg_advisory_lock(hashtext($1))', ['gatehouse:test-template'])
+      try {
+        const templates = await client.query("SELECT datname FROM pg_database WHERE datname LIKE 'gh\\_template\\_%'")
+        for (const { datname } of templates.rows) await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`)
+      } finally {
+        await client.query('SELECT pg_advisory_unlock(hashtext($1))', ['gatehouse:test-template'])
+      }
+    }
     return true
   } catch {
     return false

@@ -12,10 +12,15 @@ import storePlugin from '../plugins/store.js'
 import authPlugin from '../plugins/auth.js'
 import keysPlugin from '../plugins/keys.js'
 import mailerPlugin from '../plugins/mailer.js'
+import integrationTokensPlugin from '../plugins/integration-tokens.js'
+import tenancyPlugin from '../plugins/tenancy.js'
 import adminRoutes from '../routes/admin/index.js'
 import authRoutes from '../routes/auth/index.js'
 import magicLinkRoutes from '../routes/auth/magic-link.js'
 import oauthRoutes from '../routes/auth/oauth.js'
+import sessionRoutes from '../routes/auth/session.js'
+import integrationTokenRoutes from '../routes/integration-tokens/index.js'
+import workspaceRoutes from '../routes/workspaces/index.js'
 import healthRoutes from '../routes/health/index.js'
 import jwksRoutes from '../routes/jwks/index.js'
 import demoRoutes from '../routes/demo/index.js'
@@ -54,7 +59,9 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   await fastify.register(dbPlugin)
   await fastify.register(storePlugin)
   await fastify.register(keysPlugin)
+  await fastify.register(integrationTokensPlugin)
   await fastify.register(authPlugin)
+  await fastify.register(tenancyPlugin)
   await fastify.register(mailerPlugin)
   await fastify.register(rateLimitPlugin)
   await fastify.register(envelopePlugin)
@@ -65,6 +72,9 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   await fastify.register(authRoutes)
   await fastify.register(magicLinkRoutes)
   await fastify.register(oauthRoutes)
+  await fastify.register(sessionRoutes)
+  await fastify.register(workspaceRoutes)
+  await fastify.register(integrationTokenRoutes)
   await fastify.register(adminRoutes)
   await fastify.register(demoRoutes)
 

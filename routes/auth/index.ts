@@ -3,10 +3,12 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { isProduction } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
+import { MESSAGES } from '../../src/tenancy/policy.js'
 import { hashPassword, passwordProblem, preparePasswords, verifyPassword } from '../../src/auth/passwords.js'
 import { emailKey, signInThrottle } from '../../src/auth/throttle.js'
 import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
+import { defaultWorkspaceQuery, workspaceForSignIn } from '../../src/tenancy/workspaces.js'
 import { REFRESH_COOKIE, type IssuedSession } from '../../plugins/auth.js'
 
 const Password = Type.String({ minLength: 1, maxLength: 1024, description: 'Any characters; at least PASSWORD_MIN_LENGTH, never truncated' })
@@ -168,7 +170,13 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       .with('audited', q => q.insertInto('audit_log').values(auditRow({
         action: 'auth.login', actorUserId: found.id, subjectType: 'session', subjectId: pending.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'password', rememberMe }
       })))
-      .selectFrom('signed_in').selectAll().executeTakeFirstOrThrow()
+      .with('workspace', () => defaultWorkspaceQuery(db, found.id))
+      .selectFrom('signed_in').leftJoin('workspace', join => join.onTrue())
+      .selectAll('signed_in').select('workspace.workspace_id')
+      .executeTakeFirstOrThrow()
+    // Every session has an active workspace: a user without any (the bootstrapped admin, an
+    // account from before workspaces) gets a personal one now.
+    pending.state.workspaceId = user.workspace_id ?? (await db.transaction().execute(async trx => await workspaceForSignIn(trx, user, false))).workspaceId
     const session = await sessions.activate(pending, user)
     // lastLoginAt changed: other instances see it within their user cache's 30 s.
     fastify.users.forget(user.id)
@@ -245,7 +253,13 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: Message, ...errorResponses(400, 403) }
     }
   }, async (request, reply) => {
-    let sessionId = request.auth?.sessionId
+    if (request.auth?.kind === 'integration') throw errors.forbidden(MESSAGES.browserOnly, 'BROWSER_SESSION_REQUIRED')
+    let sessionId = request.auth?.sessionId ?? undefined
+    // An access token that has expired still names its session: logging out with it ends it.
+    const bearer = request.auth === null ? /^Bearer +(\S+\.\S+\.\S+) *$/i.exec(request.headers.authorization ?? '')?.[1] : undefined
+    if (sessionId === undefined && bearer !== undefined) {
+      sessionId = await fastify.keys.verifyIgnoringExpiry(bearer).then(claims => sessions.isRevoked(claims.sid) ? undefined : claims.sid, () => undefined)
+    }
     if (sessionId === undefined) {
       const { token } = presentedRefreshToken(request)
       if (token !== undefined) sessionId = await sessions.sessionOfRefreshToken(token)

@@ -1,4 +1,3 @@
-import { createHash, randomBytes } from 'node:crypto'
 import { parse as parseQuery } from 'node:querystring'
 import type { FastifyPluginAsyncTypebox, TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -7,6 +6,7 @@ import { Type } from 'typebox'
 import { DOCUMENT_HELMET } from '../../plugins/security.js'
 import { isProduction, publicUrl } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
+import { cleanName, escapeHtml, issueMagicLink, linkKey, type PendingLink } from '../../src/auth/magic-links.js'
 import { redirectPolicy } from '../../src/auth/redirects.js'
 import { emailKey, signInThrottle, throttle } from '../../src/auth/throttle.js'
 import { audit, normalizeEmail, USER_COLUMNS } from '../../src/auth/users.js'
@@ -27,22 +27,8 @@ const Accepted = Type.Object({
 
 const Token = Type.String({ minLength: 1, maxLength: 128 })
 
-interface PendingLink { email: string, name: string | null, redirectTo: string, expiresAt: number }
-
 const ACCEPTED_MESSAGE = 'If that address can sign in, a magic link is on the way.'
 const INVALID = 'Invalid or expired magic link'
-
-const linkKey = (token: string): string => `ml:${createHash('sha256').update(token).digest('base64url')}`
-
-/** Control characters and line breaks never reach a mail or a page; the rest is escaped where it is used. */
-const cleanName = (name: string | undefined): string | null => {
-  // eslint-disable-next-line no-control-regex -- control characters are what it removes
-  const cleaned = name?.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim()
-  return cleaned === undefined || cleaned === '' ? null : cleaned
-}
-
-const escapeHtml = (text: string): string =>
-  text.replace(/[&<>"']/g, character => `&#${character.charCodeAt(0)};`)
 
 /**
  * Sign-in by e-mail link (seed 003). The request answers 202 with the same body whether or
@@ -74,11 +60,8 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     await signInThrottle(store, config, request, reply)
     await throttle(store, reply, `ml:rate:${emailKey(email)}`, config.MAGIC_LINK_MAX_PER_EMAIL, config.LOGIN_WINDOW,
       'Too many sign-in links for this address, please try again later.')
-    const token = randomBytes(32).toString('base64url')
     const name = cleanName(request.body.name)
-    const pending: PendingLink = { email, name, redirectTo: safeRedirect(request.body.redirectTo), expiresAt: fastify.now() + config.MAGIC_LINK_TTL }
-    await store.set(linkKey(token), JSON.stringify(pending), config.MAGIC_LINK_TTL)
-    const link = `${base}/api/auth/magic-link/verify?token=${token}`
+    const link = await issueMagicLink(store, base, { email, name, redirectTo: safeRedirect(request.body.redirectTo) }, fastify.now(), config.MAGIC_LINK_TTL)
     reply.code(202)
     if (preview) return { ok: true as const, message: ACCEPTED_MESSAGE, delivery: 'preview' as const, previewUrl: link }
     const minutes = Math.round(config.MAGIC_LINK_TTL / 60_000)
@@ -108,11 +91,13 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         .onConflict(conflict => conflict.column('email').doUpdateSet({ email_verified: true, last_login_at: now }))
         .returning(USER_COLUMNS).executeTakeFirstOrThrow()
       if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
-      const session = await sessions.start(trx, { user, method: 'magic_link', rememberMe: false, origin })
+      const session = await sessions.start(trx, { user, method: 'magic_link', rememberMe: false, origin, emailProven: true })
       await audit(trx, { action: 'auth.login', actorUserId: user.id, subjectType: 'session', subjectId: session.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'magic_link' } })
       return { ...session, userId: user.id }
     })
     fastify.users.forget(session.userId)
+    // Accepted invitations: the new member's very next request sees them, on every instance.
+    for (const workspaceId of session.joined ?? []) await fastify.memberships.changed(workspaceId, session.userId)
     fastify.setSessionCookies(reply, session)
     return await reply.header('Referrer-Policy', 'no-referrer').redirect(pending.redirectTo, 302)
   }

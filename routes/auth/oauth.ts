@@ -7,6 +7,7 @@ import * as oidc from 'openid-client'
 import { Type } from 'typebox'
 import { isProduction, publicUrl } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
+import { MESSAGES } from '../../src/tenancy/policy.js'
 import { providerRegistry, type Provider } from '../../src/auth/providers.js'
 import { redirectPolicy } from '../../src/auth/redirects.js'
 import { signInThrottle } from '../../src/auth/throttle.js'
@@ -173,11 +174,13 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
       user = await trx.updateTable('users').set({ last_login_at: now }).where('id', '=', user.id).returning(USER_COLUMNS).executeTakeFirstOrThrow()
       await trx.updateTable('user_identities').set({ last_used_at: now }).where('provider', '=', key).where('subject', '=', claims.sub).execute()
-      const session = await sessions.start(trx, { user, method: 'oauth', rememberMe: false, origin })
+      // Invitations to the address are accepted only when the provider vouches for it.
+      const session = await sessions.start(trx, { user, method: 'oauth', rememberMe: false, origin, emailProven: verified && email === user.email })
       await audit(trx, { action: 'auth.login', actorUserId: user.id, subjectType: 'session', subjectId: session.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'oauth', provider: key, created } })
       return { user, session }
     })
     fastify.users.forget(result.user.id)
+    for (const workspaceId of result.session.joined ?? []) await fastify.memberships.changed(workspaceId, result.user.id)
     return result
   }
 
@@ -325,7 +328,8 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/auth/signout', {
     schema: { tags: ['oauth'], summary: 'Sign out and go back to the frontend (seed 000)', response: { ...redirectAnswer, ...errorResponses(403) } }
   }, async (request, reply) => {
-    let sessionId = request.auth?.sessionId
+    if (request.auth?.kind === 'integration') throw errors.forbidden(MESSAGES.browserOnly, 'BROWSER_SESSION_REQUIRED')
+    let sessionId = request.auth?.sessionId ?? undefined
     const header = request.headers.cookie
     const refreshToken = header === undefined ? undefined : fastify.parseCookie(header)[REFRESH_COOKIE]
     if (sessionId === undefined && refreshToken !== undefined && refreshToken !== '') {

@@ -39,6 +39,24 @@ export function createPool (settings: PoolSettings): pg.Pool {
   return pool
 }
 
-export function createDatabase (pool: pg.Pool): Kysely<Database> {
-  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
+/** Statements run through one Kysely instance, by kind (the benchmark and tests print them). */
+export interface StatementCounts { reads: number, writes: number, transactions: number }
+
+const WRITE = /^\s*(insert|update|delete|merge)\b|\b(insert\s+into|delete\s+from)\b|\bupdate\s+"?\w+"?(\s+as\s+\w+)?\s+set\b/i
+const TRANSACTION = /^\s*(begin|start transaction|commit|rollback|savepoint|release)\b/i
+
+export function createDatabase (pool: pg.Pool, counts?: StatementCounts): Kysely<Database> {
+  return new Kysely<Database>({
+    dialect: new PostgresDialect({ pool }),
+    ...(counts === undefined
+      ? {}
+      : {
+          log: event => {
+            const text = event.query.sql
+            if (TRANSACTION.test(text)) counts.transactions++
+            else if (WRITE.test(text)) counts.writes++
+            else counts.reads++
+          }
+        })
+  })
 }

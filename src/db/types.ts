@@ -65,9 +65,55 @@ export interface UserIdentitiesTable {
   last_used_at: GeneratedTimestamp
 }
 
+export type WorkspaceType = 'standard' | 'rescue'
+export type BillingPlan = 'household_basic' | 'household_plus' | 'household_macaw' | 'rescue_free'
+export type MemberRole = 'owner' | 'manager' | 'staff' | 'viewer'
+export type TokenScope = 'read_only' | 'read_write'
+
+export interface WorkspacesTable {
+  id: Generated<number>
+  name: string
+  workspace_type: Generated<WorkspaceType>
+  billing_email: string | null
+  billing_plan: Generated<BillingPlan>
+  created_by: string | null
+  created_at: GeneratedTimestamp
+  updated_at: GeneratedTimestamp
+}
+
+export interface WorkspaceMembersTable {
+  id: Generated<string>
+  workspace_id: number
+  user_id: string | null
+  invite_email: string
+  name: Generated<string>
+  role: MemberRole
+  accepted_at: NullableTimestamp
+  invited_by: string | null
+  created_at: GeneratedTimestamp
+  updated_at: GeneratedTimestamp
+}
+
+export interface IntegrationTokensTable {
+  id: Generated<string>
+  user_id: string
+  workspace_id: number
+  name: string
+  token_prefix: string
+  token_hash: string
+  scope: TokenScope
+  last_used_at: NullableTimestamp
+  expires_at: NullableTimestamp
+  revoked_at: NullableTimestamp
+  created_at: GeneratedTimestamp
+}
+
 export interface Database {
   audit_log: AuditLogTable
   users: UsersTable
   sessions: SessionsTable
   user_identities: UserIdentitiesTable
+  workspaces: WorkspacesTable
+  workspace_members: WorkspaceMembersTable
+  integration_tokens: IntegrationTokensTable
 }

@@ -1,4 +1,4 @@
-import { Type, type Static } from 'typebox'
+import { Type, type Static, type TSchema } from 'typebox'
 
 /** The SPEC's error body (decision 1). */
 export const ErrorBody = Type.Object({
@@ -14,6 +14,9 @@ export function errorResponses (...statuses: number[]): Record<number, typeof Er
 }
 
 export const Uuid = Type.String({ format: 'uuid' })
+/** For path ids checked by hand: a malformed id is simply not found (404), like another workspace's. */
+export const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+export const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
 export const Email = Type.String({ format: 'email', maxLength: 254 })
 export const IsoDate = Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}$', description: 'YYYY-MM-DD' })
 export const HexColor = Type.String({ pattern: '^#[0-9A-Fa-f]{6}$', description: '#RRGGBB' })

@@ -126,7 +126,7 @@ export class MemoryStore implements Store {
     return { userId: session.userId, rememberMe: session.rememberMe, expiresAt: session.expiresAt, workspaceId: session.workspaceId }
   }
 
-  async setSessionWorkspace (sessionId: string, workspaceId: string | null): Promise<boolean> {
+  async setSessionWorkspace (sessionId: string, workspaceId: number | null): Promise<boolean> {
     const session = this.readSession(sessionId)
     if (session === undefined) return false
     this.writeSession(sessionId, { ...session, workspaceId })

@@ -183,7 +183,7 @@ export class RedisStore implements Store {
         uid: state.userId,
         rem: state.rememberMe ? '1' : '0',
         exp: String(state.expiresAt),
-        wid: state.workspaceId ?? '',
+        wid: state.workspaceId === null ? '' : String(state.workspaceId),
         cur: tokenHash,
         rot: '0'
       })
@@ -197,8 +197,8 @@ export class RedisStore implements Store {
     return sessionState([uid, rem ?? '0', exp ?? '0', wid ?? ''])
   }
 
-  async setSessionWorkspace (sessionId: string, workspaceId: string | null): Promise<boolean> {
-    return (await this.client.ghSetIfExists(this.sessionKey(sessionId), 'wid', workspaceId ?? '')) === 1
+  async setSessionWorkspace (sessionId: string, workspaceId: number | null): Promise<boolean> {
+    return (await this.client.ghSetIfExists(this.sessionKey(sessionId), 'wid', workspaceId === null ? '' : String(workspaceId))) === 1
   }
 
   async rotateRefreshToken (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number): Promise<RotationResult> {
@@ -288,5 +288,5 @@ export class RedisStore implements Store {
 }
 
 function sessionState ([uid, rem, exp, wid]: string[]): SessionState {
-  return { userId: uid!, rememberMe: rem === '1', expiresAt: Number(exp), workspaceId: wid === '' || wid === undefined ? null : wid }
+  return { userId: uid!, rememberMe: rem === '1', expiresAt: Number(exp), workspaceId: wid === '' || wid === undefined ? null : Number(wid) }
 }

@@ -24,7 +24,7 @@ export interface SessionState {
   /** Absolute expiry, ms since the epoch; never moved by a refresh. */
   expiresAt: number
   /** The active workspace, when any. */
-  workspaceId: string | null
+  workspaceId: number | null
 }
 
 /**
@@ -66,7 +66,7 @@ export interface Store {
   createSession: (sessionId: string, state: SessionState, tokenHash: string) => Promise<void>
   getSession: (sessionId: string) => Promise<SessionState | null>
   /** Changes the active workspace of a live session; false when the session is gone. */
-  setSessionWorkspace: (sessionId: string, workspaceId: string | null) => Promise<boolean>
+  setSessionWorkspace: (sessionId: string, workspaceId: number | null) => Promise<boolean>
   /**
    * Rotates atomically: if `presentedHash` is the current token's hash, `successorHash`
    * becomes current (see RotationResult). `now` and `graceMs` decide expiry and grace.

@@ -249,6 +249,30 @@ t.test('a token the server issued an hour ago (15 minute TTL) is refused', async
   await refused(t, app, `Bearer ${token}`, 'expired token')
 })
 
+t.test('logging out with an expired access token still ends its session', async t => {
+  let offset = -3_600_000
+  const app = await build(t, { PUBLIC_URL }, undefined, { now: () => Date.now() + offset })
+  const signedUp = await register(app, 'expired-logout@example.com')
+  t.equal(signedUp.status, 201)
+  offset = 0
+  const me = await app.inject({ url: '/api/auth/me', headers: bearer(signedUp.accessToken) })
+  t.equal(me.statusCode, 401, 'the access token has expired')
+  const logout = await app.inject({ method: 'POST', url: '/api/auth/logout', headers: bearer(signedUp.accessToken) })
+  t.equal(logout.statusCode, 200)
+  t.same(logout.json(), { message: 'Logged out successfully' })
+  const refresh = await app.inject({ method: 'POST', url: '/api/auth/refresh', payload: { refreshToken: signedUp.refreshToken } })
+  t.equal(refresh.statusCode, 401, 'the session it named is over: its refresh token is refused')
+  const row = await app.db.selectFrom('sessions').select(['revoked_reason']).where('user_id', '=', signedUp.user.id).executeTakeFirstOrThrow()
+  t.equal(row.revoked_reason, 'logout')
+
+  const other = await register(app, 'expired-logout-2@example.com')
+  const forged = `${other.accessToken.slice(0, -4)}${other.accessToken.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`
+  const refused = await app.inject({ method: 'POST', url: '/api/auth/logout', headers: bearer(forged) })
+  t.equal(refused.statusCode, 200, 'a token that does not verify ends nothing, and says nothing')
+  const stillAlive = await app.inject({ method: 'POST', url: '/api/auth/refresh', payload: { refreshToken: other.refreshToken } })
+  t.equal(stillAlive.statusCode, 200)
+})
+
 t.test('independent verification of a token over real HTTP with jose and the JWKS', async t => {
   const app = await build(t, { PUBLIC_URL })
   const { token, userId } = await signIn(app)

@@ -137,9 +137,9 @@ for (const [name, create] of implementations) {
       const expiresAt = Date.now() + 60_000
       await store.createSession('s1', { userId: 'u1', rememberMe: true, expiresAt, workspaceId: null }, 'hash-0')
       t.same(await store.getSession('s1'), { userId: 'u1', rememberMe: true, expiresAt, workspaceId: null })
-      t.equal(await store.setSessionWorkspace('s1', 'w9'), true)
-      t.equal((await store.getSession('s1'))?.workspaceId, 'w9')
-      t.equal(await store.setSessionWorkspace('nope', 'w9'), false, 'a missing session is not changed')
+      t.equal(await store.setSessionWorkspace('s1', 1009), true)
+      t.equal((await store.getSession('s1'))?.workspaceId, 1009)
+      t.equal(await store.setSessionWorkspace('nope', 1009), false, 'a missing session is not changed')
       t.equal(await store.getSession('nope'), null, 'nor created')
       t.equal(await store.deleteSession('s1'), true)
       t.equal(await store.getSession('s1'), null)
