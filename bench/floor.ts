@@ -9,7 +9,9 @@ import { createHmac, createHash, createPublicKey, randomBytes, randomUUID } from
 import { verify as argon2Verify } from '@node-rs/argon2'
 import { createSigner, createVerifier } from 'fast-jwt'
 import Fastify from 'fastify'
-import pg from 'pg'
+import { Kysely, PostgresDialect } from 'kysely'
+import { birdJson, birdsQuery, type BirdRow } from '../src/birds/birds.js'
+import { createPool, type Database } from '../src/db/index.js'
 import { RedisStore } from '../src/store/redis.js'
 import { memberJson, workspaceJson, type MemberRow, type WorkspaceRow } from '../src/tenancy/workspaces.js'
 
@@ -58,7 +60,8 @@ if (privatePem !== undefined) {
   // compiles it) Gatehouse runs for the route, on a pool as large as Gatehouse's default.
   const databaseUrl = process.env.FLOOR_DATABASE_URL
   if (databaseUrl !== undefined) {
-    const pool = new pg.Pool({ connectionString: databaseUrl, max: 10, application_name: 'gatehouse-floor' })
+    // Gatehouse's pool settings and type parsers (DATE columns stay YYYY-MM-DD strings).
+    const pool = createPool({ connectionString: databaseUrl, max: 10, connectTimeoutMs: 5000, statementTimeoutMs: 15_000 })
     server.addHook('onClose', async () => { await pool.end() })
 
     // routes/workspaces/index.ts, GET /api/workspace/members (the workspace is the token's).
@@ -67,6 +70,16 @@ if (privatePem !== undefined) {
       const claims = verify((request.headers.authorization ?? '').slice(7)) as { sub: string, wid: number }
       const { rows } = await pool.query<MemberRow>(membersSql, [claims.wid, 1000])
       return { members: rows.map(memberJson) }
+    })
+
+    // routes/birds/index.ts, GET /api/birds: the very statement, compiled once by Kysely with a
+    // marker workspace id that each request replaces.
+    const MARKER = -424242
+    const birds = birdsQuery(new Kysely<Database>({ dialect: new PostgresDialect({ pool }) }), MARKER).orderBy('b.created_at').orderBy('b.id').compile()
+    server.get('/floor/birds', async (request) => {
+      const claims = verify((request.headers.authorization ?? '').slice(7)) as { wid: number }
+      const { rows } = await pool.query<BirdRow>(birds.sql, birds.parameters.map(value => value === MARKER ? claims.wid : value))
+      return { birds: rows.map(birdJson) }
     })
 
     // routes/auth/session.ts, `context`: the user's memberships joined with their workspaces.

@@ -98,7 +98,35 @@ let membersJwt = ''
 let membersToken = ''
 const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
 
-/** The names the goals of issue 5 refer to (bench/run.ts prints them under the table). */
+/**
+ * Issue 6: a workspace of 50 birds, each with three weights, listed with a JWT and with a
+ * read-only integration token of its owner.
+ */
+const BIRDS_EMAIL = 'bench-birds@example.com'
+let flock: Promise<string> | undefined
+async function birdsUser (gatehouse: string): Promise<{ jwt: string, token: string }> {
+  flock ??= (async () => {
+    const { accessToken } = await post(`${gatehouse}/api/auth/register`, { email: BIRDS_EMAIL, password: BENCH_PASSWORD }) as { accessToken: string }
+    const today = Date.now()
+    for (let index = 1; index <= 50; index++) {
+      const { bird } = await post(`${gatehouse}/api/birds`, { name: `Bird ${index}`, tagId: `B-${index}`, species: 'Cockatiel' }, accessToken) as { bird: { id: string } }
+      for (let day = 0; day < 3; day++) {
+        await post(`${gatehouse}/api/birds/${bird.id}/weights`, { weightGrams: 90 + day, recordedOn: new Date(today - day * 86_400_000).toISOString().slice(0, 10) }, accessToken)
+      }
+    }
+    const { token } = await post(`${gatehouse}/api/integration-tokens`, { name: 'bench birds', scope: 'read_only' }, accessToken) as { token: string }
+    return token
+  })()
+  const token = await flock
+  const { accessToken: jwt } = await post(`${gatehouse}/api/auth/login`, { email: BIRDS_EMAIL, password: BENCH_PASSWORD }) as { accessToken: string }
+  return { jwt, token }
+}
+let birdsJwt = ''
+let birdsToken = ''
+
+/** The names the goals of issues 5 and 6 refer to (bench/run.ts prints them under the table). */
+export const BIRDS_JWT = 'GET /api/birds, 50 birds (JWT)'
+export const BIRDS_TOKEN = 'GET /api/birds, 50 birds (integration token)'
 export const MEMBERS_JWT = 'GET /api/workspace/members (JWT)'
 export const MEMBERS_TOKEN = 'GET /api/workspace/members (read-only integration token)'
 export const SESSION_CONTEXT = 'GET /api/auth/session'
@@ -141,6 +169,21 @@ export const scenarios: Scenario[] = [
     async prepare ({ gatehouse }) { membersJwt = (await membersUser(gatehouse)).jwt },
     gatehouse: () => ({ path: '/api/auth/session', headers: bearer(membersJwt) }),
     floor: () => ({ path: '/floor/session-context', headers: bearer(membersJwt) })
+  },
+  {
+    // Issue 6: the birds with their latest weights, one statement; the floor runs the same one.
+    name: BIRDS_JWT,
+    statements: true,
+    async prepare ({ gatehouse }) { birdsJwt = (await birdsUser(gatehouse)).jwt },
+    gatehouse: () => ({ path: '/api/birds', headers: bearer(birdsJwt) }),
+    floor: () => ({ path: '/floor/birds', headers: bearer(birdsJwt) })
+  },
+  {
+    name: BIRDS_TOKEN,
+    statements: true,
+    async prepare ({ gatehouse }) { ({ jwt: birdsJwt, token: birdsToken } = await birdsUser(gatehouse)) },
+    gatehouse: () => ({ path: '/api/birds', headers: bearer(birdsToken) }),
+    floor: () => ({ path: '/floor/birds', headers: bearer(birdsJwt) })
   },
   {
     name: 'POST /api/auth/refresh (rotation)',

@@ -99,8 +99,11 @@ function genericCode (statusCode: number): string {
 export default fp(async (fastify) => {
   fastify.setErrorHandler(async (error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     const { statusCode, body } = errorBody(error, request)
-    if (statusCode >= 500) {
+    if (statusCode >= 500 && !isHttpError(error)) {
       request.log.error({ err: error, route: request.routeOptions.url }, 'request failed')
+    } else if (statusCode >= 500) {
+      // Our own 503s (a store down, storage not configured) are conditions, not bugs: no stack.
+      request.log.warn({ statusCode, code: body.code, route: request.routeOptions.url }, body.error)
     } else if (statusCode !== 404) {
       request.log.info({ statusCode, code: body.code }, body.error)
     }

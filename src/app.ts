@@ -14,12 +14,17 @@ import keysPlugin from '../plugins/keys.js'
 import mailerPlugin from '../plugins/mailer.js'
 import integrationTokensPlugin from '../plugins/integration-tokens.js'
 import tenancyPlugin from '../plugins/tenancy.js'
+import eventsPlugin from '../plugins/events.js'
 import adminRoutes from '../routes/admin/index.js'
 import authRoutes from '../routes/auth/index.js'
 import magicLinkRoutes from '../routes/auth/magic-link.js'
 import oauthRoutes from '../routes/auth/oauth.js'
 import sessionRoutes from '../routes/auth/session.js'
 import integrationTokenRoutes from '../routes/integration-tokens/index.js'
+import birdRoutes from '../routes/birds/index.js'
+import transferRoutes from '../routes/transfers/index.js'
+import imageRoutes from '../routes/images/index.js'
+import liveRoutes from '../routes/ws/index.js'
 import workspaceRoutes from '../routes/workspaces/index.js'
 import healthRoutes from '../routes/health/index.js'
 import jwksRoutes from '../routes/jwks/index.js'
@@ -62,6 +67,7 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   await fastify.register(integrationTokensPlugin)
   await fastify.register(authPlugin)
   await fastify.register(tenancyPlugin)
+  await fastify.register(eventsPlugin)
   await fastify.register(mailerPlugin)
   await fastify.register(rateLimitPlugin)
   await fastify.register(envelopePlugin)
@@ -75,6 +81,10 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   await fastify.register(sessionRoutes)
   await fastify.register(workspaceRoutes)
   await fastify.register(integrationTokenRoutes)
+  await fastify.register(birdRoutes)
+  await fastify.register(transferRoutes)
+  await fastify.register(imageRoutes)
+  await fastify.register(liveRoutes)
   await fastify.register(adminRoutes)
   await fastify.register(demoRoutes)
 

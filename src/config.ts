@@ -149,7 +149,16 @@ export const ConfigSchema = Type.Object({
   APPLE_PRIVATE_KEY: text('The Apple private key (PEM, P-256) that signs the client secret JWT.', 'a PEM-encoded private key', { secret: true }),
   OIDC_PROVIDERS: text('Generic OpenID Connect providers as JSON: [{"key":"authentik","displayName":"Authentik","issuer":"https://sso.example.com/application/o/app/","clientId":"…","clientSecret":"…"}]. A key of google or microsoft overrides the built-in one.', 'a JSON array of providers', { secret: true }),
   OIDC_DEFAULT_PROVIDER: text('The provider whose codes POST /api/auth/callback exchanges (seed 002). Default: the first of OIDC_PROVIDERS.', 'a provider key'),
-  SMTP_FROM: Type.String({ default: 'Gatehouse <no-reply@localhost>', minLength: 3, maxLength: 200, pattern: '^[^\\r\\n]+$', description: 'From address of outgoing mail.', accepts: 'an address such as Gatehouse <no-reply@example.com>' })
+  SMTP_FROM: Type.String({ default: 'Gatehouse <no-reply@localhost>', minLength: 3, maxLength: 200, pattern: '^[^\\r\\n]+$', description: 'From address of outgoing mail.', accepts: 'an address such as Gatehouse <no-reply@example.com>' }),
+
+  S3_ENDPOINT: url('S3-compatible endpoint for images (R2: https://<account>.r2.cloudflarestorage.com). Unset: the image routes answer 503.', ['http', 'https']),
+  S3_REGION: Type.String({ default: 'auto', minLength: 1, description: 'Region of the S3 store (R2: auto).', accepts: 'a region name such as auto or eu-central-1' }),
+  S3_BUCKET: text('Bucket that holds the images.', 'a bucket name', { pattern: '^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$' }),
+  S3_ACCESS_KEY_ID: text('Access key id for signing image URLs.', 'an access key id', { secret: true }),
+  S3_SECRET_ACCESS_KEY: text('Secret access key for signing image URLs.', 'a secret access key', { secret: true }),
+  S3_FORCE_PATH_STYLE: flag(true, 'Address the bucket as <endpoint>/<bucket> (R2, MinIO) rather than <bucket>.<endpoint>.'),
+  IMAGE_MAX_BYTES: size('5mb', { description: 'Largest image an upload URL allows (the signature enforces the declared size).' }),
+  IMAGE_URL_TTL: duration('5m', { description: 'How long presigned image URLs stay valid.' })
 })
 
 export type Config = StaticDecode<typeof ConfigSchema>
@@ -224,6 +233,10 @@ function crossFieldProblems (config: Config): string[] {
     problems.push('NODE_ENV=production needs SMTP_URL to send magic links (or MAGIC_LINKS=disabled)')
   }
   problems.push(...providerProblems(config))
+  const s3 = [config.S3_ENDPOINT, config.S3_BUCKET, config.S3_ACCESS_KEY_ID, config.S3_SECRET_ACCESS_KEY]
+  if (s3.some(value => value !== undefined) && s3.some(value => value === undefined)) {
+    problems.push('image storage needs all of S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY (or none of them)')
+  }
   for (const origin of config.ALLOWED_REDIRECTS) {
     if (!isOrigin(origin)) problems.push(`ALLOWED_REDIRECTS must be a comma-separated list of origins such as https://app.example.com (got ${JSON.stringify(origin)})`)
   }

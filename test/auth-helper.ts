@@ -70,3 +70,17 @@ export async function registerVerified (app: FastifyInstance, email: string, pas
   }
   return signedIn
 }
+
+/**
+ * Follows an invitation (or magic) link as the invitee's mail client and SPA would: open it,
+ * then refresh with the cookie it set, from the frontend's `origin`. The access token is ''
+ * when the link signed nobody in.
+ */
+export async function acceptInvitation (app: FastifyInstance, link: string, origin: string): Promise<{ opened: LightMyRequestResponse, accessToken: string }> {
+  const url = new URL(link)
+  const opened = await app.inject({ url: url.pathname + url.search })
+  const refresh = cookie(opened, 'refresh_token')
+  if (refresh === undefined) return { opened, accessToken: '' }
+  const refreshed = await app.inject({ method: 'POST', url: '/api/auth/refresh', headers: { origin, cookie: `refresh_token=${refresh.value as string}` } })
+  return { opened, accessToken: refreshed.json().accessToken }
+}

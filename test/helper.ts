@@ -177,3 +177,29 @@ export async function freePort (): Promise<number> {
   await new Promise(resolve => probe.close(resolve))
   return port
 }
+
+/**
+ * Every statement an app's pool clients send to its database while `fn` runs: pg's Client
+ * `query` is wrapped for the duration (and only statements to this app's database count), so
+ * a test can show what a request costs without touching server code.
+ */
+export async function statementsDuring (server: FastifyInstance, fn: () => Promise<void>): Promise<string[]> {
+  const database = new URL(server.config.DATABASE_URL!).pathname.slice(1)
+  type Query = (...args: unknown[]) => unknown
+  const prototype = pg.Client.prototype as unknown as { query: Query }
+  const original = prototype.query
+  const statements: string[] = []
+  prototype.query = function (this: { database?: string }, ...args: unknown[]) {
+    if (this.database === database) {
+      const [first] = args
+      statements.push(typeof first === 'string' ? first : String((first as { text?: unknown } | undefined)?.text))
+    }
+    return original.apply(this, args)
+  }
+  try {
+    await fn()
+  } finally {
+    prototype.query = original
+  }
+  return statements
+}

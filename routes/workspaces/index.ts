@@ -152,6 +152,7 @@ const workspaceRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       await audit(trx, { action: 'workspace.updated', actorUserId: request.user!.id, subjectType: 'workspace', subjectId: String(workspaceId), ip: origin.ip, userAgent: origin.userAgent, details: { fields: Object.keys(request.body) } })
       return updated
     })
+    await fastify.events.publish(workspaceId, { type: 'workspace.updated', id: String(workspaceId) })
     return { workspace: workspaceJson(workspace) }
   })
 
@@ -256,6 +257,7 @@ const workspaceRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     })
     // The member's very next request sees the new role, on every instance.
     if (member.user_id !== null) await memberships.changed(workspaceId, member.user_id)
+    await fastify.events.publish(workspaceId, { type: created ? 'member.added' : 'member.updated', id: member.id })
     reply.code(201)
     if (member.user_id === null && (created || previous?.role !== member.role)) {
       return { member: memberJson(member), ...await invite(request, reply, member, workspaceName) }
@@ -305,6 +307,7 @@ const workspaceRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       return { removed, tokenIds: tokens.map(token => token.id) }
     })
     if (removed.user_id !== null) await memberships.changed(workspaceId, removed.user_id)
+    await fastify.events.publish(workspaceId, { type: 'member.removed', id: removed.id })
     await fastify.integrationTokens.revoked(tokenIds)
     return await reply.code(204).send(null)
   })

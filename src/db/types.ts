@@ -108,6 +108,60 @@ export interface IntegrationTokensTable {
   created_at: GeneratedTimestamp
 }
 
+// DATE columns read as 'YYYY-MM-DD' strings (src/db/index.ts).
+export interface BirdsTable {
+  id: Generated<string>
+  workspace_id: number
+  name: string
+  tag_id: string | null
+  species: string | null
+  date_of_birth: string | null
+  gotcha_day: string | null
+  chart_color: Generated<string>
+  photo_data_url: string | null
+  notify_on_dob: Generated<boolean>
+  notify_on_gotcha_day: Generated<boolean>
+  created_by: string | null
+  created_at: GeneratedTimestamp
+  updated_at: GeneratedTimestamp
+}
+
+export interface BirdWeightsTable {
+  id: Generated<string>
+  bird_id: string
+  weight_grams: number
+  recorded_on: string
+  notes: string | null
+  created_by: string | null
+  created_at: GeneratedTimestamp
+}
+
+export interface VetVisitsTable {
+  id: Generated<string>
+  bird_id: string
+  visited_on: string
+  clinic_name: string | null
+  reason: string | null
+  notes: string | null
+  created_by: string | null
+  created_at: GeneratedTimestamp
+}
+
+export interface TransfersTable {
+  id: Generated<string>
+  bird_id: string
+  source_workspace_id: number
+  destination_email: string
+  notes: string | null
+  status: Generated<'pending' | 'accepted' | 'cancelled'>
+  created_by: string | null
+  created_at: GeneratedTimestamp
+  updated_at: GeneratedTimestamp
+  accepted_at: NullableTimestamp
+  accepted_by: string | null
+  destination_workspace_id: number | null
+}
+
 export interface Database {
   audit_log: AuditLogTable
   users: UsersTable
@@ -116,4 +170,8 @@ export interface Database {
   workspaces: WorkspacesTable
   workspace_members: WorkspaceMembersTable
   integration_tokens: IntegrationTokensTable
+  birds: BirdsTable
+  bird_weights: BirdWeightsTable
+  vet_visits: VetVisitsTable
+  transfers: TransfersTable
 }

@@ -37,7 +37,10 @@ export const POLICIES = {
   // The domain (issue 6).
   'birds.read': { roles: ALL_ROLES },
   'birds.write': { roles: RECORD, write: true },
-  'transfers.write': { roles: RECORD, write: true }
+  'transfers.write': { roles: RECORD, write: true },
+  // Images under the workspace's prefix (seed 000): read by members, uploaded by those who record.
+  'images.read': { roles: ALL_ROLES },
+  'images.write': { roles: RECORD, write: true }
 } as const satisfies Record<string, Policy>
 
 export type Action = keyof typeof POLICIES

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import t, { type Test } from 'tap'
 import { bearer, login, registerVerified } from '../auth-helper.js'
@@ -12,6 +13,12 @@ import { build } from '../helper.js'
  * workspace", B's owner's). Ids in the id-routes (member, integration token) are A's, made
  * fresh for every cell, so a 204 never takes a resource another cell needs.
  *
+ * The domain (issue 6): the bird-id routes name one bird of A (`bird`), except DELETE, which
+ * deletes a fresh bird of A in every cell; B has a bird and an outgoing transfer of its own, so
+ * that B's lists are not empty and "200 B" says that none of A's birds or transfers are in
+ * them. A bird (weight, vet visit) names the workspace the test made the bird in, whatever its
+ * workspaceId says; a transfer names its source workspace. The matrix app has no image storage.
+ *
  * Each cell is "<status>[ <what>]":
  *   200 A, 201 A   success, and the answer names workspace A (B: workspace B)
  *   200, 201, 204  success where the answer names no one workspace (204: empty body)
@@ -23,6 +30,9 @@ import { build } from '../helper.js'
  *   403 denied     { error: 'You do not have permission for that action.' } (role, or not a member)
  *   404            { error: '<Thing> not found' }: the id is not in the workspace the caller acts in,
  *                  or (integration tokens) not the caller's own
+ *   503            { error: 'image storage is not configured', code: 'IMAGE_STORAGE_NOT_CONFIGURED' }:
+ *                  authorized (401 and 403 come first), but no S3 store. With one, B's
+ *                  principals would get 404 for A's image key (GET /api/images).
  *   ----           not run: it would end the principal's session, which later rows still use
  *                  (logout-all is the last row, so it runs for everyone)
  */
@@ -34,7 +44,7 @@ const PRINCIPALS = [
 type Principal = typeof PRINCIPALS[number]
 
 type Cell = '200 A' | '200 B' | '201 A' | '201 B' | '200' | '201' | '204' | '401' | '401 missing' | '401 invalid' |
-  '403 browser' | '403 read-only' | '403 denied' | '404' | '----'
+  '403 browser' | '403 read-only' | '403 denied' | '404' | '503' | '----'
 type Row = readonly [Cell, Cell, Cell, Cell, Cell, Cell, Cell, Cell, Cell, Cell, Cell]
 
 /* eslint-disable @stylistic/no-multi-spaces, @stylistic/key-spacing -- a table is read in columns */
@@ -53,6 +63,18 @@ const EXPECTED = {
   'POST /api/integration-tokens':            ['401',         '401',         '201 A',      '201 A',      '201 A',  '201 A',  '201 B',       '403 browser',   '403 browser',   '403 browser',   '401'],
   'GET /api/integration-tokens':             ['401',         '401',         '200 A',      '200 A',      '200 A',  '200 A',  '200 B',       '403 browser',   '403 browser',   '403 browser',   '401'],
   'DELETE /api/integration-tokens/:tokenId': ['401',         '401',         '404',        '404',        '404',    '204',    '404',         '403 browser',   '403 browser',   '403 browser',   '401'],
+  'POST /api/birds':                         ['401',         '401',         '403 denied', '201 A',      '201 A',  '201 A',  '201 B',       '403 read-only', '201 A',         '201 B',         '401'],
+  'GET /api/birds':                          ['401',         '401',         '200 A',      '200 A',      '200 A',  '200 A',  '200 B',       '200 A',         '200 A',         '200 B',         '401'],
+  'PUT /api/birds/:birdId':                  ['401',         '401',         '403 denied', '200 A',      '200 A',  '200 A',  '404',         '403 read-only', '200 A',         '404',           '401'],
+  'DELETE /api/birds/:birdId':               ['401',         '401',         '403 denied', '204',        '204',    '204',    '404',         '403 read-only', '204',           '404',           '401'],
+  'POST /api/birds/:birdId/weights':         ['401',         '401',         '403 denied', '201 A',      '201 A',  '201 A',  '404',         '403 read-only', '201 A',         '404',           '401'],
+  'GET /api/birds/:birdId/weights':          ['401',         '401',         '200 A',      '200 A',      '200 A',  '200 A',  '404',         '200 A',         '200 A',         '404',           '401'],
+  'POST /api/birds/:birdId/vet-visits':      ['401',         '401',         '403 denied', '201 A',      '201 A',  '201 A',  '404',         '403 read-only', '201 A',         '404',           '401'],
+  'GET /api/birds/:birdId/vet-visits':       ['401',         '401',         '200 A',      '200 A',      '200 A',  '200 A',  '404',         '200 A',         '200 A',         '404',           '401'],
+  'POST /api/transfers/draft':               ['401',         '401',         '403 denied', '201 A',      '201 A',  '201 A',  '404',         '403 read-only', '201 A',         '404',           '401'],
+  'GET /api/transfers':                      ['401',         '401',         '200 A',      '200 A',      '200 A',  '200 A',  '200 B',       '200 A',         '200 A',         '200 B',         '401'],
+  'POST /api/images/upload':                 ['401',         '401',         '403 denied', '503',        '503',    '503',    '503',         '403 read-only', '503',           '503',           '401'],
+  'GET /api/images':                         ['401',         '401',         '503',        '503',        '503',    '503',    '503',         '503',           '503',           '503',           '401'],
   'GET /api/auth/me':                        ['401 missing', '401 invalid', '200',        '200',        '200',    '200',    '200',         '403 browser',   '403 browser',   '403 browser',   '401 invalid'],
   'GET /api/auth/sessions':                  ['401 missing', '401 invalid', '200',        '200',        '200',    '200',    '200',         '403 browser',   '403 browser',   '403 browser',   '401 invalid'],
   'POST /api/auth/logout':                   ['200',         '200',         '----',       '----',       '----',   '----',   '----',        '403 browser',   '403 browser',   '403 browser',   '200'],
@@ -68,8 +90,11 @@ const ERRORS: Record<string, string> = {
   '401 invalid': 'Invalid or expired token',
   '403 browser': 'This endpoint requires a browser session instead of an integration token.',
   '403 read-only': 'That integration token is read-only.',
-  '403 denied': 'You do not have permission for that action.'
+  '403 denied': 'You do not have permission for that action.',
+  503: 'image storage is not configured'
 }
+/** The codes a cell also checks. */
+const CODES: Record<string, string> = { 503: 'IMAGE_STORAGE_NOT_CONFIGURED' }
 
 interface Call { url: string, payload?: Record<string, unknown> }
 
@@ -87,6 +112,10 @@ interface World {
   B: number
   tokens: Record<Principal, string | undefined>
   ownerToken: string
+  /** A bird of A, for the bird-id routes that do not consume it. */
+  bird: string
+  /** The workspace the test made each bird in (the matrix's own POSTs excepted). */
+  madeIn: Map<string, number>
 }
 
 let counter = 0
@@ -104,6 +133,11 @@ async function signUp (app: FastifyInstance, email: string): Promise<string> {
   return signedIn.accessToken
 }
 
+// Distinct days back from one fixed moment (one weight per bird and day), all within GET weights' 30 days.
+const START = Date.now()
+let daysBack = 0
+const day = (): string => new Date(START - daysBack++ * 86_400_000).toISOString().slice(0, 10)
+
 const workspaceOfSession = async (app: FastifyInstance, token: string): Promise<number> =>
   (await ok(app, 'GET', '/api/auth/session', token)).session.activeWorkspace.id as number
 
@@ -118,6 +152,13 @@ const switchTo = async (app: FastifyInstance, token: string, workspaceId: number
 const mintToken = async (app: FastifyInstance, token: string, scope: 'read_only' | 'read_write'): Promise<{ id: string, raw: string }> => {
   const body = await ok(app, 'POST', '/api/integration-tokens', token, { name: fresh('token'), scope })
   return { id: body.integrationToken.id, raw: body.token }
+}
+
+/** A new bird of the workspace the token acts in; its id. */
+async function makeBird (app: FastifyInstance, token: string, workspaceId: number, madeIn: Map<string, number>): Promise<string> {
+  const id = (await ok(app, 'POST', '/api/birds', token, { name: fresh('Bird') })).bird.id as string
+  madeIn.set(id, workspaceId)
+  return id
 }
 
 /** Workspace A (owner, viewer, staff, manager, integration tokens) and workspace B, and every principal's bearer. */
@@ -156,6 +197,12 @@ async function world (t: Test): Promise<World> {
   const { exp } = JSON.parse(Buffer.from(expired.split('.')[1]!, 'base64url').toString()) as { exp: number }
   t.ok(exp * 1000 < Date.now() - 30 * 60_000, 'the expired token expired half an hour ago or more')
 
+  // A's bird, and B's own bird and outgoing transfer (offered to A's owner, so it is incoming there).
+  const madeIn = new Map<string, number>()
+  const bird = await makeBird(app, ownerToken, A, madeIn)
+  const birdOfB = await makeBird(app, otherToken, B, madeIn)
+  await ok(app, 'POST', '/api/transfers/draft', otherToken, { birdId: birdOfB, destinationOwnerEmail: 'owner@example.com' })
+
   const tokens: Record<Principal, string | undefined> = {
     'no auth': undefined,
     'expired token': expired,
@@ -169,12 +216,14 @@ async function world (t: Test): Promise<World> {
     'token of another workspace': ofB.raw,
     'revoked token': revoked.raw
   }
-  return { app, A, B, tokens, ownerToken }
+  return { app, A, B, tokens, ownerToken, bird, madeIn }
 }
 
-function routes ({ app, A, ownerToken }: World): Record<RouteKey, Route> {
+function routes ({ app, A, ownerToken, bird, madeIn }: World): Record<RouteKey, Route> {
   const activeWorkspace = (body: any): number[] => [body.session.activeWorkspace.id]
   const theWorkspace = (body: any): number[] => [body.workspace.id]
+  const birdsIn = (birdIds: string[], workspaceIds: number[]): number[] => birdIds.map((id, i) => madeIn.get(id) ?? workspaceIds[i]!)
+  const ofTheirBirds = (list: Array<{ birdId: string }>): number[] => list.map(x => madeIn.get(x.birdId) ?? 0)
   return {
     'GET /api/auth/session': { call: () => ({ url: '/api/auth/session' }), workspaces: activeWorkspace },
     'POST /api/auth/switch-workspace': { call: () => ({ url: '/api/auth/switch-workspace', payload: { workspaceId: A } }), workspaces: activeWorkspace },
@@ -204,6 +253,45 @@ function routes ({ app, A, ownerToken }: World): Record<RouteKey, Route> {
       call: async () => ({ url: `/api/integration-tokens/${(await mintToken(app, ownerToken, 'read_only')).id}` }),
       notFound: 'Integration token not found'
     },
+    'POST /api/birds': { call: () => ({ url: '/api/birds', payload: { name: fresh('Bird') } }), workspaces: body => [body.bird.workspaceId] },
+    'GET /api/birds': {
+      call: () => ({ url: '/api/birds' }),
+      workspaces: body => birdsIn(body.birds.map((b: any) => b.id), body.birds.map((b: any) => b.workspaceId))
+    },
+    'PUT /api/birds/:birdId': {
+      call: () => ({ url: `/api/birds/${bird}`, payload: { name: fresh('Renamed bird') } }),
+      workspaces: body => birdsIn([body.bird.id], [body.bird.workspaceId]),
+      notFound: 'Bird not found'
+    },
+    'DELETE /api/birds/:birdId': {
+      // A fresh bird of A for every cell.
+      call: async () => ({ url: `/api/birds/${await makeBird(app, ownerToken, A, madeIn)}` }),
+      notFound: 'Bird not found'
+    },
+    'POST /api/birds/:birdId/weights': {
+      // A day of its own for every cell: a second weight on one day would be 409.
+      call: () => ({ url: `/api/birds/${bird}/weights`, payload: { weightGrams: 95, recordedOn: day() } }),
+      workspaces: body => ofTheirBirds([body.weight]),
+      notFound: 'Bird not found'
+    },
+    // Runs after the POST row, so the bird has weights (and, below, vet visits) to list.
+    'GET /api/birds/:birdId/weights': { call: () => ({ url: `/api/birds/${bird}/weights` }), workspaces: body => ofTheirBirds(body.weights), notFound: 'Bird not found' },
+    'POST /api/birds/:birdId/vet-visits': {
+      call: () => ({ url: `/api/birds/${bird}/vet-visits`, payload: { visitedOn: '2024-05-01' } }),
+      workspaces: body => ofTheirBirds([body.vetVisit]),
+      notFound: 'Bird not found'
+    },
+    'GET /api/birds/:birdId/vet-visits': { call: () => ({ url: `/api/birds/${bird}/vet-visits` }), workspaces: body => ofTheirBirds(body.vetVisits), notFound: 'Bird not found' },
+    'POST /api/transfers/draft': {
+      // The same bird to the same existing account in every cell: the first success drafts, the others update that draft.
+      call: () => ({ url: '/api/transfers/draft', payload: { birdId: bird, destinationOwnerEmail: 'other-owner@example.com' } }),
+      workspaces: body => [body.transfer.sourceWorkspaceId, ...birdsIn([body.bird.id], [body.bird.workspaceId])],
+      notFound: 'Bird not found'
+    },
+    // Runs after the draft row, so A has an outgoing transfer to list.
+    'GET /api/transfers': { call: () => ({ url: '/api/transfers' }), workspaces: body => body.outgoing.map((x: any) => x.sourceWorkspaceId) },
+    'POST /api/images/upload': { call: () => ({ url: '/api/images/upload', payload: { contentType: 'image/png', size: 100 } }) },
+    'GET /api/images': { call: () => ({ url: `/api/images?key=workspaces/${A}/images/${randomUUID()}.png` }) },
     'GET /api/auth/me': { call: () => ({ url: '/api/auth/me' }) },
     'GET /api/auth/sessions': { call: () => ({ url: '/api/auth/sessions' }) },
     'POST /api/auth/logout': { call: () => ({ url: '/api/auth/logout' }) },
@@ -227,6 +315,7 @@ function check (t: Test, world: World, cell: Exclude<Cell, '----'>, response: Li
   if (Number(status) >= 400) {
     const error = status === '404' ? route.notFound : ERRORS[cell]
     t.equal(body.error, error, `${label}: error`)
+    if (CODES[cell] !== undefined) t.equal(body.code, CODES[cell], `${label}: code`)
     return
   }
   if (what === 'A' || what === 'B') {
@@ -254,7 +343,7 @@ t.test('the authorization matrix: every route × every principal against one tab
         headers: token === undefined ? {} : bearer(token),
         ...(payload === undefined ? {} : { payload })
       })
-      check(t, w, cell, response, route, `${principal} ${method} ${method === 'DELETE' ? template : url}`)
+      check(t, w, cell, response, route, `${principal} ${method} ${template}`)
       cells++
     }
   }

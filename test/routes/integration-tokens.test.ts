@@ -3,7 +3,7 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import pg from 'pg'
 import t from 'tap'
 import { admin, bearer, registerVerified } from '../auth-helper.js'
-import { build, type Env, type TestContext } from '../helper.js'
+import { build, statementsDuring, type Env, type TestContext } from '../helper.js'
 
 /*
  * Integration tokens (issue 5, seed 003 "### Integration Tokens" and "### 2. Integration
@@ -80,33 +80,6 @@ async function withBob (app: FastifyInstance, aliceToken: string): Promise<{ mem
   return { memberId: invited.json().member.id, accessToken: switched.json().accessToken, personalToken: bob.accessToken, userId: bob.user.id }
 }
 
-type Query = (...args: unknown[]) => unknown
-
-/**
- * Every statement the pooled pg clients of one database send, while `fn` runs. pg.Client is
- * the class of the application's pool clients (Kysely's PostgresDialect over pg.Pool), so
- * wrapping its `query` sees every statement without touching server code.
- */
-async function statementsDuring (database: string, fn: () => Promise<void>): Promise<string[]> {
-  const prototype = pg.Client.prototype as unknown as { query: Query }
-  const original = prototype.query
-  const statements: string[] = []
-  prototype.query = function (this: { database?: string }, ...args: unknown[]) {
-    if (this.database === database) {
-      const [first] = args
-      statements.push(typeof first === 'string' ? first : String((first as { text?: unknown } | undefined)?.text))
-    }
-    return original.apply(this, args)
-  }
-  try {
-    await fn()
-  } finally {
-    prototype.query = original
-  }
-  return statements
-}
-
-const databaseName = (app: FastifyInstance): string => new URL(app.config.DATABASE_URL!).pathname.slice(1)
 /** The batched lastUsedAt write of plugins/integration-tokens.ts (every 15 s, may fall in any window). */
 const LAST_USED_FLUSH = /^\s*UPDATE integration_tokens AS t SET last_used_at/i
 const WRITE = /^\s*(insert|update|delete|merge)\b/i
@@ -316,15 +289,14 @@ t.test('the steady state of a token costs no query: N requests run exactly N mem
   const app = await build(t)
   const alice = await registerVerified(app, 'alice@example.com')
   const { token } = await mint(app, alice.accessToken)
-  const database = databaseName(app)
 
   // The counter sees a cold token's lookup (so the count below can fail).
-  const cold = await statementsDuring(database, async () => { t.equal((await members(app, token)).statusCode, 200) })
+  const cold = await statementsDuring(app, async () => { t.equal((await members(app, token)).statusCode, 200) })
   t.ok(cold.some(statement => /from "integration_tokens"/i.test(statement)), 'a token\'s first request reads integration_tokens')
 
   const N = 50
   const statuses: number[] = []
-  const statements = await statementsDuring(database, async () => {
+  const statements = await statementsDuring(app, async () => {
     for (let i = 0; i < N; i++) statuses.push((await members(app, token)).statusCode)
   })
   t.same(statuses, Array(N).fill(200))

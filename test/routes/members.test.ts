@@ -1,7 +1,7 @@
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { build } from '../helper.js'
-import { bearer, cookie, register, registerVerified, type SignedIn } from '../auth-helper.js'
+import { acceptInvitation, bearer, register, registerVerified, type SignedIn } from '../auth-helper.js'
 
 /*
  * Workspaces and their members (issue 5, seed 003 "Workspaces"): the payload rules of
@@ -51,16 +51,6 @@ async function ownerCount (app: FastifyInstance, workspaceId: number): Promise<n
   const rows = await app.db.selectFrom('workspace_members').select('id')
     .where('workspace_id', '=', workspaceId).where('role', '=', 'owner').execute()
   return rows.length
-}
-
-/** Follows a member invitation like the invitee's mail client and SPA would: open, then refresh with the cookie. */
-async function acceptInvitation (app: FastifyInstance, link: string): Promise<{ opened: LightMyRequestResponse, accessToken: string }> {
-  const url = new URL(link)
-  const opened = await app.inject({ url: url.pathname + url.search })
-  const refresh = cookie(opened, 'refresh_token')
-  if (refresh === undefined) return { opened, accessToken: '' }
-  const refreshed = await app.inject({ method: 'POST', url: '/api/auth/refresh', headers: { origin: FRONTEND, cookie: `refresh_token=${refresh.value as string}` } })
-  return { opened, accessToken: refreshed.json().accessToken }
 }
 
 // One app for the whole file (building one costs a database clone): every test has users of its own.
@@ -259,7 +249,7 @@ t.test('members: an existing user joins at once, an unknown address is invited a
   t.equal((await app.db.selectFrom('workspace_members').select('id').where('invite_email', '=', 'carol@invite.example.com').execute()).length, 1)
 
   // Carol opens the link: signed in, and a member of alice's workspace (not of a new personal one).
-  const { opened, accessToken } = await acceptInvitation(app, changed.json().invitePreviewUrl)
+  const { opened, accessToken } = await acceptInvitation(app, changed.json().invitePreviewUrl, FRONTEND)
   t.equal(opened.statusCode, 302)
   t.match(opened.headers.location, /^https:\/\/app\.example\.com\/?$/, 'to the frontend')
   t.ok(accessToken, 'signed in')
@@ -277,9 +267,9 @@ t.test('members: an existing user joins at once, an unknown address is invited a
   t.equal(carolSession.json().session.activeMembership.id, carolMember.id)
   const members = await app.inject({ url: '/api/workspace/members', headers: as(alice) })
   t.match(members.json().members.find((m: { id: string }) => m.id === carolMember.id), { userId: carol.id, acceptedAt: ISO })
-  const used = await acceptInvitation(app, changed.json().invitePreviewUrl)
+  const used = await acceptInvitation(app, changed.json().invitePreviewUrl, FRONTEND)
   t.equal(used.opened.statusCode, 400, 'the invitation link works once')
-  const stale = await acceptInvitation(app, invited.json().invitePreviewUrl)
+  const stale = await acceptInvitation(app, invited.json().invitePreviewUrl, FRONTEND)
   t.equal(stale.opened.statusCode, 302, 'the first link still signs carol in')
   t.equal((await app.db.selectFrom('workspace_members').select('id').where('invite_email', '=', 'carol@invite.example.com').execute()).length, 1, 'and adds no row')
 
@@ -469,7 +459,7 @@ t.test('a pending owner invitation does not count as an owner', async t => {
   t.equal((await memberRow(app, ws, 'alice@pending.example.com'))?.role, 'owner')
 
   // Once the invitation is accepted there are two owners, and alice may step down.
-  const { accessToken } = await acceptInvitation(app, invited.json().invitePreviewUrl)
+  const { accessToken } = await acceptInvitation(app, invited.json().invitePreviewUrl, FRONTEND)
   t.ok(accessToken)
   t.ok((await memberRow(app, ws, 'heir@pending.example.com'))?.user_id, 'the heir accepted')
   const stepDown = await upsert(app, as(alice), { email: 'alice@pending.example.com', role: 'manager' })
@@ -518,7 +508,7 @@ t.test('an account whose address is not verified is invited by a link, never joi
   t.equal(asSquatter.statusCode, 403, 'the password account is not a member')
 
   // Opening the link proves the mailbox: the same account becomes the member.
-  const { accessToken } = await acceptInvitation(app, invited.json().invitePreviewUrl as string)
+  const { accessToken } = await acceptInvitation(app, invited.json().invitePreviewUrl as string, FRONTEND)
   const joined = await app.inject({ url: '/api/workspace', headers: { ...bearer(accessToken), 'x-workspace-id': String(ws) } })
   t.equal(joined.statusCode, 200)
   const row = await app.db.selectFrom('workspace_members').select(['user_id', 'accepted_at']).where('workspace_id', '=', ws).where('invite_email', '=', 'boss@squat.example.com').executeTakeFirstOrThrow()
