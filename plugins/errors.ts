@@ -42,6 +42,29 @@ export function validationDetails (issues: FastifySchemaValidationError[], conte
   return details
 }
 
+// PostgreSQL's connection-level SQLSTATEs (class 08), shutdown and start-up (57P01–57P03),
+// too many connections (53300) and a statement cancelled by statement_timeout (57014).
+const DATABASE_DOWN_CODES = new Set(['57P01', '57P02', '57P03', '53300', '57014'])
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN'])
+const POOL_MESSAGES = /^(timeout exceeded when trying to connect|Connection terminated( unexpectedly| due to connection timeout)?|Client has encountered a connection error and is not queryable)$/
+
+/** True for an error that says PostgreSQL cannot be reached or did not answer in time. */
+export function databaseUnavailable (error: { code?: unknown, message?: unknown }): boolean {
+  const code = typeof error.code === 'string' ? error.code : ''
+  return code.startsWith('08') || DATABASE_DOWN_CODES.has(code) || NETWORK_CODES.has(code) ||
+    (typeof error.message === 'string' && POOL_MESSAGES.test(error.message))
+}
+
+// ioredis without an offline queue fails a command at once while it is disconnected, and
+// after REDIS_COMMAND_TIMEOUT when Redis does not answer.
+const REDIS_MESSAGES = /^(Stream isn't writeable and enableOfflineQueue options is false|Connection is closed\.|Command timed out|Reached the max retries per request limit)/
+
+/** True for an error that says Redis (the store) cannot be reached or did not answer in time. */
+export function storeUnavailable (error: { name?: unknown, message?: unknown }): boolean {
+  return error.name === 'StoreUnavailableError' || error.name === 'MaxRetriesPerRequestError' ||
+    (typeof error.message === 'string' && REDIS_MESSAGES.test(error.message))
+}
+
 /** The SPEC's error body (decision 1) for any error; 5xx messages never reach the client. */
 export function errorBody (error: FastifyError, request: FastifyRequest): { statusCode: number, body: ErrorBody } {
   if (error.validation !== undefined) {
@@ -55,8 +78,8 @@ export function errorBody (error: FastifyError, request: FastifyRequest): { stat
     if (error.details !== undefined) body.details = error.details
     return { statusCode: error.statusCode, body }
   }
-  // The store (Redis) not answering is a temporary condition, not a bug.
-  const statusCode = error.name === 'StoreUnavailableError'
+  // The store (Redis) or PostgreSQL not answering is a temporary condition, not a bug.
+  const statusCode = storeUnavailable(error) || databaseUnavailable(error)
     ? 503
     : error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
   switch (error.code) {

@@ -7,7 +7,7 @@ declare module 'fastify' {
   }
 }
 
-/** The store (src/store): Redis when REDIS_URL is set, the in-process store otherwise. */
+/** The store (src/store): Redis (a server, Sentinel or Cluster) when configured, the in-process store otherwise. */
 export default fp(async (fastify) => {
   const store = await createStore(fastify.config, fastify.log)
   fastify.decorate('store', store)

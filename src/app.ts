@@ -30,6 +30,13 @@ import healthRoutes from '../routes/health/index.js'
 import jwksRoutes from '../routes/jwks/index.js'
 import demoRoutes from '../routes/demo/index.js'
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Set when a shutdown has begun: readiness answers 503 while the server drains. */
+    lifecycle: { draining: boolean }
+  }
+}
+
 export interface AppOptions {
   config: Config
   /** The clock (ms since the epoch); tests inject their own. */
@@ -73,6 +80,7 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   await fastify.register(envelopePlugin)
   await fastify.register(docsPlugin)
 
+  fastify.decorate('lifecycle', { draining: false })
   await fastify.register(healthRoutes)
   await fastify.register(jwksRoutes)
   await fastify.register(authRoutes)
@@ -91,7 +99,7 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   fastify.addHook('onReady', async () => {
     const embedded = [
       fastify.database.mode === 'embedded' ? `PGlite in ${options.config.DATA_DIR}/pglite (set DATABASE_URL for PostgreSQL)` : undefined,
-      fastify.store.kind === 'memory' ? 'an in-process store (set REDIS_URL for Redis)' : undefined
+      fastify.store.kind === 'memory' ? 'an in-process store (set REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES for Redis)' : undefined
     ].filter(part => part !== undefined)
     if (embedded.length > 0) {
       fastify.log.info(`embedded default: ${embedded.join(' and ')}; not for production`)

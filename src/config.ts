@@ -66,7 +66,7 @@ const text = (description: string, accepts: string, options: { pattern?: string,
 
 export const ConfigSchema = Type.Object({
   NODE_ENV: oneOf(['development', 'production', 'test'], 'development',
-    'Runtime mode. production requires DATABASE_URL, REDIS_URL and a signing key, and marks cookies Secure.'),
+    'Runtime mode. production requires DATABASE_URL, Redis (REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES) and a signing key, and marks cookies Secure.'),
   HOST: Type.String({ default: '127.0.0.1', minLength: 1, description: 'Interface to listen on (0.0.0.0 in containers).', accepts: 'a host name or IP address' }),
   PORT: integer(3000, 0, 65535, 'TCP port to listen on.'),
   LOG_LEVEL: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info', 'Minimum pino log level.'),
@@ -82,6 +82,16 @@ export const ConfigSchema = Type.Object({
 
   REDIS_URL: url('Redis connection string. Unset: an in-process store (single instance only).', ['redis', 'rediss'], true),
   REDIS_PREFIX: Type.String({ default: 'gh:', pattern: '^[A-Za-z0-9:_.{}-]{1,64}$', description: 'Namespace prepended to every Redis key and channel.', accepts: '1-64 characters of A-Z a-z 0-9 : _ . - { }' }),
+  SHUTDOWN_DRAIN: duration('2s', { description: 'On SIGTERM, how long to keep accepting (readiness answering 503, so load balancers stop sending) before closing the listener and finishing in-flight requests.' }),
+  REDIS_SENTINELS: list('', {
+    description: 'Redis Sentinel: comma-separated sentinels (host:port). Gatehouse asks them for the master of REDIS_SENTINEL_NAME and follows failovers. REDIS_URL may still carry the password.',
+    accepts: 'a comma-separated list of host:port'
+  }),
+  REDIS_SENTINEL_NAME: Type.String({ default: 'mymaster', minLength: 1, maxLength: 100, description: 'The master name the sentinels monitor.', accepts: 'a name' }),
+  REDIS_CLUSTER_NODES: list('', {
+    description: 'Redis Cluster: comma-separated startup nodes (host:port). REDIS_URL may still carry the password.',
+    accepts: 'a comma-separated list of host:port'
+  }),
   REDIS_COMMAND_TIMEOUT: duration('2s', { description: 'Upper bound for one Redis command; past it the request fails with 503 instead of hanging.' }),
   REDIS_CONNECT_TIMEOUT: duration('5s', { description: 'Upper bound for establishing a Redis connection.' }),
 
@@ -209,11 +219,25 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   return config
 }
 
+/** `host:port` → its parts; undefined when it is not one. */
+export function hostPort (text: string): { host: string, port: number } | undefined {
+  const match = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text)
+  const port = Number(match?.[2])
+  if (match === null || port < 1 || port > 65535) return undefined
+  return { host: match[1]!.replace(/^\[|\]$/g, ''), port }
+}
+
+/** True when a Redis of any topology is configured (else the in-process store serves). */
+export function redisConfigured (config: Config): boolean {
+  return config.REDIS_URL !== undefined || config.REDIS_SENTINELS.length > 0 || config.REDIS_CLUSTER_NODES.length > 0
+}
+
 /** What production cannot run without; checked even when other variables are bad. */
 function productionProblems (input: Record<string, unknown>): string[] {
   const missing: string[] = []
   if (input.DATABASE_URL === undefined) missing.push('DATABASE_URL')
-  if (input.REDIS_URL === undefined) missing.push('REDIS_URL')
+  const unset = (key: string): boolean => input[key] === undefined || input[key] === ''
+  if (unset('REDIS_URL') && unset('REDIS_SENTINELS') && unset('REDIS_CLUSTER_NODES')) missing.push('REDIS_URL (or REDIS_SENTINELS, REDIS_CLUSTER_NODES)')
   if (KEY_SETTINGS.every(key => input[key] === undefined)) missing.push(`a signing key (${KEY_SETTINGS.slice(0, -1).join(', ')} or ${KEY_SETTINGS.at(-1)!})`)
   return missing.length > 0 ? [`NODE_ENV=production refuses to start without ${missing.join(', ')}`] : []
 }
@@ -233,6 +257,10 @@ function crossFieldProblems (config: Config): string[] {
     problems.push('NODE_ENV=production needs SMTP_URL to send magic links (or MAGIC_LINKS=disabled)')
   }
   problems.push(...providerProblems(config))
+  for (const [name, nodes] of [['REDIS_SENTINELS', config.REDIS_SENTINELS], ['REDIS_CLUSTER_NODES', config.REDIS_CLUSTER_NODES]] as const) {
+    for (const node of nodes) if (hostPort(node) === undefined) problems.push(`${name} must be a comma-separated list of host:port (got ${JSON.stringify(node)})`)
+  }
+  if (config.REDIS_SENTINELS.length > 0 && config.REDIS_CLUSTER_NODES.length > 0) problems.push('set REDIS_SENTINELS or REDIS_CLUSTER_NODES, not both')
   const s3 = [config.S3_ENDPOINT, config.S3_BUCKET, config.S3_ACCESS_KEY_ID, config.S3_SECRET_ACCESS_KEY]
   if (s3.some(value => value !== undefined) && s3.some(value => value === undefined)) {
     problems.push('image storage needs all of S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY (or none of them)')

@@ -20,10 +20,17 @@ try {
 const server = Fastify(serverOptions(config))
 server.register(fp(app), { config })
 
-// SIGTERM/SIGINT: stop accepting, let in-flight requests finish, close pools; give up after 10 s.
-closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
-  if (err !== undefined) server.log.error({ err }, 'shutting down after an error')
-  else server.log.info({ signal }, 'shutting down')
+// SIGTERM/SIGINT: first drain — readiness answers 503 while the server still accepts for
+// SHUTDOWN_DRAIN, so a load balancer stops sending and nothing queued at the socket is reset —
+// then stop accepting, let in-flight requests finish and close the pools; give up after 10 s more.
+closeWithGrace({ delay: config.SHUTDOWN_DRAIN + 10_000 }, async ({ signal, err }) => {
+  if (err !== undefined) {
+    server.log.error({ err }, 'shutting down after an error')
+  } else {
+    server.log.info({ signal, drainMs: config.SHUTDOWN_DRAIN }, 'shutting down')
+    if ('lifecycle' in server) server.lifecycle.draining = true
+    await new Promise(resolve => setTimeout(resolve, config.SHUTDOWN_DRAIN))
+  }
   await server.close()
 })
 

@@ -74,5 +74,5 @@ t.test('a bad setting stops the start with a message naming it', async t => {
   const [code] = await once(child, 'exit')
   t.equal(code, 1)
   t.match(stderr, /PORT must be an integer from 0 to 65535 \(got "eighty"\)/)
-  t.match(stderr, /NODE_ENV=production refuses to start without DATABASE_URL, REDIS_URL, a signing key/)
+  t.match(stderr, /NODE_ENV=production refuses to start without DATABASE_URL, REDIS_URL \(or REDIS_SENTINELS, REDIS_CLUSTER_NODES\), a signing key/)
 })

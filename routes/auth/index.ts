@@ -5,7 +5,8 @@ import { isProduction } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
 import { hashPassword, passwordProblem, preparePasswords, verifyPassword } from '../../src/auth/passwords.js'
-import { emailKey, signInThrottle } from '../../src/auth/throttle.js'
+import { emailKey, signInThrottle, throttle } from '../../src/auth/throttle.js'
+import { sessionIdOf } from '../../src/auth/refresh-tokens.js'
 import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
 import { defaultWorkspaceQuery, workspaceForSignIn } from '../../src/tenancy/workspaces.js'
@@ -224,6 +225,12 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const { token, fromCookie } = presentedRefreshToken(request)
     if (token === undefined) throw errors.badRequest('Refresh token is required', 'REFRESH_TOKEN_REQUIRED')
+    // Per session: a client stuck in a refresh loop (or a stolen token) cannot hammer it.
+    const sessionId = sessionIdOf(token)
+    if (sessionId !== undefined) {
+      await throttle(store, reply, `refresh:${sessionId}`, config.REFRESH_MAX_PER_SESSION, config.RATE_LIMIT_WINDOW,
+        'Too many refreshes for this session, please try again later.')
+    }
     let session: IssuedSession
     try {
       session = await sessions.refresh(token, fastify.originOf(request))

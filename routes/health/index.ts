@@ -63,6 +63,9 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (_request, reply) => {
+    if (fastify.lifecycle.draining) {
+      return await reply.code(503).send({ error: 'Not ready: shutting down', code: 'SHUTTING_DOWN' })
+    }
     const [postgres, redis] = await Promise.all([probe(fastify.database.ping), probe(fastify.store.ping.bind(fastify.store))])
     const checks = { postgres, redis }
     const failing = Object.entries(checks).filter(([, state]) => state !== 'ok').map(([name]) => name)

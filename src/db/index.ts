@@ -36,6 +36,11 @@ export function createPool (settings: PoolSettings): pg.Pool {
   })
   // An idle connection dropped by a Postgres restart must never crash the process.
   pool.on('error', error => settings.onError?.(error))
+  // Nor one dropped while checked out (the pool listens only while a client is idle): the
+  // query in flight fails on its own, and the event must not become an uncaught exception.
+  pool.on('connect', client => {
+    client.on('error', error => settings.onError?.(error))
+  })
   return pool
 }
 

@@ -1,6 +1,6 @@
 import { join } from 'node:path'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Config } from '../config.js'
+import { hostPort, redisConfigured, type Config } from '../config.js'
 import { fromRoot } from '../paths.js'
 import { MemoryStore } from './memory.js'
 import { RedisStore } from './redis.js'
@@ -8,9 +8,9 @@ import type { Store } from './types.js'
 
 export type { Store } from './types.js'
 
-/** Redis when REDIS_URL is set, the in-process store (kept across restarts under DATA_DIR) otherwise. */
+/** Redis (a server, Sentinel or Cluster) when configured, the in-process store (kept across restarts under DATA_DIR) otherwise. */
 export async function createStore (config: Config, log: FastifyBaseLogger): Promise<Store> {
-  if (config.REDIS_URL === undefined) {
+  if (!redisConfigured(config)) {
     return await MemoryStore.create({
       prefix: config.REDIS_PREFIX,
       snapshotFile: config.NODE_ENV === 'test' ? undefined : join(fromRoot(config.DATA_DIR), 'store.json')
@@ -18,7 +18,9 @@ export async function createStore (config: Config, log: FastifyBaseLogger): Prom
   }
   let lastReport = 0
   const { store, connected } = await RedisStore.connect({
-    url: config.REDIS_URL,
+    ...(config.REDIS_URL === undefined ? {} : { url: config.REDIS_URL }),
+    ...(config.REDIS_SENTINELS.length > 0 ? { sentinels: config.REDIS_SENTINELS.map(node => hostPort(node)!), sentinelName: config.REDIS_SENTINEL_NAME } : {}),
+    ...(config.REDIS_CLUSTER_NODES.length > 0 ? { clusterNodes: config.REDIS_CLUSTER_NODES.map(node => hostPort(node)!) } : {}),
     prefix: config.REDIS_PREFIX,
     commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT,
     connectTimeoutMs: config.REDIS_CONNECT_TIMEOUT,

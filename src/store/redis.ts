@@ -1,4 +1,4 @@
-import { Redis, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, type RedisOptions } from 'ioredis'
 import { withTimeout } from '../lib/timeout.js'
 import type { Counter, MessageHandler, Revocation, RotationResult, SessionState, Store } from './types.js'
 
@@ -70,17 +70,35 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 return 1`
 
+/*
+ * PUBLISH with the channel as its key: on a Cluster, ioredis sends a keyless PUBLISH to any
+ * node, and messages of one channel sent through different nodes can overtake each other on
+ * the cluster bus. Routed by the channel's slot, one channel's messages always leave from one
+ * node, in order. The same on a single server and under Sentinel.
+ */
+const PUBLISH = 'return redis.call(\'PUBLISH\', KEYS[1], ARGV[1])'
+
 interface ScriptCommands {
+  ghPublish: (channel: string, message: string) => Promise<number>
   ghRotateRefreshToken: (session: string, used: string, presented: string, successor: string, now: number, grace: number) => Promise<string[]>
   ghAddRevocation: (key: string, id: string, until: number, now: number) => Promise<number>
   ghSetIfExists: (key: string, field: string, value: string) => Promise<number>
   ghCompareAndSwap: (key: string, expected: string, next: string, ttlMs: string) => Promise<number>
   ghIncrementWindow: (key: string, windowMs: number, by: number) => Promise<[number, number]>
 }
-type ScriptedRedis = Redis & ScriptCommands
+type Connection = Redis | Cluster
+type ScriptedRedis = Connection & ScriptCommands
+
+export interface HostPort { host: string, port: number }
 
 export interface RedisStoreOptions {
-  url: string
+  /** A single server; with Sentinel or Cluster, only its credentials are used. */
+  url?: string
+  /** Sentinel: the sentinels, and the name of the master they monitor. */
+  sentinels?: HostPort[]
+  sentinelName?: string
+  /** Cluster: its startup nodes (every key of one atomic script shares a hash slot). */
+  clusterNodes?: HostPort[]
   prefix: string
   commandTimeoutMs: number
   connectTimeoutMs: number
@@ -100,9 +118,36 @@ export function redisClientOptions (options: RedisStoreOptions): RedisOptions {
   }
 }
 
+/** The connection for a server, a Sentinel-managed master, or a Cluster. */
+function createConnection (options: RedisStoreOptions): Connection {
+  const base = redisClientOptions(options)
+  const credentials: RedisOptions = {}
+  if (options.url !== undefined) {
+    const url = new URL(options.url)
+    if (url.username !== '') credentials.username = decodeURIComponent(url.username)
+    if (url.password !== '') credentials.password = decodeURIComponent(url.password)
+    if (url.protocol === 'rediss:') credentials.tls = {}
+  }
+  if (options.clusterNodes !== undefined && options.clusterNodes.length > 0) {
+    const { lazyConnect, enableOfflineQueue, enableAutoPipelining, retryStrategy, ...perNode } = base
+    return new Cluster(options.clusterNodes, {
+      lazyConnect,
+      enableOfflineQueue,
+      enableAutoPipelining,
+      clusterRetryStrategy: retryStrategy as (times: number) => number,
+      redisOptions: { ...perNode, ...credentials }
+    })
+  }
+  if (options.sentinels !== undefined && options.sentinels.length > 0) {
+    return new Redis({ ...base, ...credentials, sentinels: options.sentinels, name: options.sentinelName ?? 'mymaster' })
+  }
+  if (options.url === undefined) throw new Error('Redis needs a URL, sentinels or cluster nodes')
+  return new Redis(options.url, base)
+}
+
 export class RedisStore implements Store {
   readonly kind = 'redis' as const
-  private subscriber: Redis | undefined
+  private subscriber: Connection | undefined
   private readonly handlers = new Map<string, Set<MessageHandler>>()
   private readonly reconnectListeners: Array<() => void> = []
   private readyOnce = false
@@ -113,6 +158,7 @@ export class RedisStore implements Store {
     client.defineCommand('ghRotateRefreshToken', { numberOfKeys: 2, lua: ROTATE_REFRESH_TOKEN })
     client.defineCommand('ghAddRevocation', { numberOfKeys: 1, lua: ADD_REVOCATION })
     client.defineCommand('ghSetIfExists', { numberOfKeys: 1, lua: SET_IF_EXISTS })
+    client.defineCommand('ghPublish', { numberOfKeys: 1, lua: PUBLISH })
     client.on('ready', () => {
       if (this.readyOnce) for (const listener of this.reconnectListeners) listener()
       this.readyOnce = true
@@ -124,7 +170,7 @@ export class RedisStore implements Store {
    * returned: commands fail fast, readiness reports it, and the client keeps reconnecting.
    */
   static async connect (options: RedisStoreOptions): Promise<{ store: RedisStore, connected: boolean }> {
-    const client = new Redis(options.url, redisClientOptions(options)) as ScriptedRedis
+    const client = createConnection(options) as ScriptedRedis
     client.on('error', (error: Error) => options.onError?.(error))
     const store = new RedisStore(client, options.prefix)
     // connectTimeout bounds the TCP connection only; a server that accepts and never answers
@@ -134,7 +180,7 @@ export class RedisStore implements Store {
   }
 
   /** The underlying client, for plugins that take an ioredis instance. */
-  get redis (): Redis {
+  get redis (): Connection {
     return this.client
   }
 
@@ -227,7 +273,7 @@ export class RedisStore implements Store {
   }
 
   async publish (channel: string, message: string): Promise<void> {
-    await this.client.publish(this.key(channel), message)
+    await this.client.ghPublish(this.key(channel), message)
   }
 
   async subscribe (channel: string, handler: MessageHandler): Promise<() => Promise<void>> {
@@ -254,9 +300,11 @@ export class RedisStore implements Store {
    * Redis is away, so a subscription made during an outage takes effect when Redis returns;
    * ioredis resubscribes it after every reconnect.
    */
-  private async subscriberConnection (): Promise<Redis> {
+  private async subscriberConnection (): Promise<Connection> {
     if (this.subscriber === undefined) {
-      const subscriber = this.client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, enableAutoPipelining: false })
+      const subscriber = this.client instanceof Cluster
+        ? this.client.duplicate(undefined, { enableOfflineQueue: true, enableAutoPipelining: false, redisOptions: { ...this.client.options.redisOptions, maxRetriesPerRequest: null } })
+        : this.client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, enableAutoPipelining: false })
       subscriber.on('error', () => {})
       subscriber.on('message', (channel: string, message: string) => {
         for (const handler of this.handlers.get(channel) ?? []) handler(message)

@@ -215,6 +215,23 @@ t.test('20 parallel refreshes with one token all get the same successor', async 
   }
 })
 
+t.test('refreshes are limited per session (REFRESH_MAX_PER_SESSION), other sessions unaffected', async t => {
+  const app = await build(t, { REFRESH_MAX_PER_SESSION: '3' })
+  await register(app, 'loop@example.com')
+  let { refreshToken } = await login(app, 'loop@example.com')
+  for (let index = 0; index < 3; index++) {
+    const answer = await app.inject({ method: 'POST', url: '/api/auth/refresh', payload: { refreshToken } })
+    t.equal(answer.statusCode, 200, `refresh ${index + 1}`)
+    refreshToken = answer.json().refreshToken
+  }
+  const fourth = await app.inject({ method: 'POST', url: '/api/auth/refresh', payload: { refreshToken } })
+  t.equal(fourth.statusCode, 429)
+  t.same(fourth.json(), { error: 'Too many refreshes for this session, please try again later.', code: 'RATE_LIMITED' })
+  t.ok(Number(fourth.headers['retry-after']) > 0, 'Retry-After')
+  const other = await login(app, 'loop@example.com')
+  t.equal((await app.inject({ method: 'POST', url: '/api/auth/refresh', payload: { refreshToken: other.refreshToken } })).statusCode, 200, 'another session refreshes')
+})
+
 t.test('sessions: list, revoke one, another user\'s is 404, logout-all', async t => {
   const app = await build(t)
   await register(app, 'many@example.com')

@@ -64,3 +64,13 @@ t.test('readiness is 503 naming PostgreSQL when it is unreachable', async t => {
     details: { postgres: 'unreachable', redis: 'ok' }
   })
 })
+
+t.test('while the server drains for a shutdown, readiness is 503 and other routes still answer', async t => {
+  const server = await build(t)
+  t.equal((await server.inject({ url: '/api/health/ready' })).statusCode, 200)
+  server.lifecycle.draining = true
+  const ready = await server.inject({ url: '/api/health/ready' })
+  t.equal(ready.statusCode, 503)
+  t.same(ready.json(), { error: 'Not ready: shutting down', code: 'SHUTTING_DOWN' })
+  t.equal((await server.inject({ url: '/api/health' })).statusCode, 200, 'requests still in the queue are served')
+})

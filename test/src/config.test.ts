@@ -82,7 +82,9 @@ t.test('the error message lists every problem', async t => {
 
 t.test('production refuses to start without DATABASE_URL, REDIS_URL and a signing key', async t => {
   const [problem] = problemsOf({ NODE_ENV: 'production' })
-  t.equal(problem, 'NODE_ENV=production refuses to start without DATABASE_URL, REDIS_URL, a signing key (JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR)')
+  t.equal(problem, 'NODE_ENV=production refuses to start without DATABASE_URL, REDIS_URL (or REDIS_SENTINELS, REDIS_CLUSTER_NODES), a signing key (JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR)')
+  t.same(problemsOf({ NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_CLUSTER_NODES: '10.0.0.1:6379,10.0.0.2:6379', JWT_KEYS_DIR: '/keys', MAGIC_LINKS: 'disabled' }), [],
+    'a Redis Cluster is a Redis')
   t.same(problemsOf({ NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_URL: 'redis://cache:6379' }),
     ['NODE_ENV=production refuses to start without a signing key (JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR)'])
   const complete = { NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_URL: 'redis://cache:6379', JWT_KEYS_DIR: '/run/secrets/keys' }
@@ -96,6 +98,9 @@ t.test('cross-field rules', async t => {
   t.match(problemsOf({ CORS_ORIGINS: 'https://app.example.com/path' }), [/CORS_ORIGINS must be a comma-separated list of origins/])
   t.match(problemsOf({ CORS_ORIGINS: 'app.example.com' }), [/CORS_ORIGINS must be/])
   t.same(problemsOf({ JWT_KEYS_DIR: '/keys', JWT_PRIVATE_KEY_FILE: '/key.pem' }), ['set only one of JWT_PRIVATE_KEY, JWT_PRIVATE_KEY_FILE and JWT_KEYS_DIR'])
+  t.same(problemsOf({ REDIS_SENTINELS: 'sentinel-1:26379,oops' }), ['REDIS_SENTINELS must be a comma-separated list of host:port (got "oops")'])
+  t.same(problemsOf({ REDIS_SENTINELS: 'a:26379', REDIS_CLUSTER_NODES: 'b:6379' }), ['set REDIS_SENTINELS or REDIS_CLUSTER_NODES, not both'])
+  t.same(problemsOf({ REDIS_CLUSTER_NODES: '[::1]:7000, 127.0.0.1:7001' }), [])
 })
 
 t.test('.env.example and the README document every variable', async t => {
