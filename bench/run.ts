@@ -24,12 +24,15 @@ import pg from 'pg'
 import { projectRoot } from '../src/paths.js'
 import { freePort } from '../test/helper.js'
 import { hashPassword } from '../src/auth/passwords.js'
+import { soak } from './soak.js'
 import { BENCH_PASSWORD, BIRDS_JWT, BIRDS_TOKEN, MEMBERS_JWT, MEMBERS_TOKEN, scenarios, type BenchContext, type Target } from './scenarios.js'
 import { difference, StatementCounter, sum, type Delta } from './statements.js'
 
 const duration = Number(process.env.BENCH_DURATION ?? 10)
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 32)
 const only = process.env.BENCH_ONLY
+/** `npm run bench -- --soak`: the soak (bench/soak.ts) instead of the scenarios. */
+const soakMode = process.argv.includes('--soak')
 const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 1))
 const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -230,6 +233,13 @@ async function main (): Promise<void> {
 
   const rows: Row[] = []
   try {
+    if (soakMode) {
+      const report = await soak(gatehouse.base, async () => await rssMegabytes(gatehouse.child.pid))
+      console.log(`\n${report}`)
+      await mkdir(join(projectRoot, 'bench/results'), { recursive: true })
+      await writeFile(join(projectRoot, 'bench/results/soak.md'), `${report}\n`)
+      return
+    }
     for (const scenario of scenarios) {
       if (only !== undefined && !scenario.name.includes(only)) continue
       await scenario.prepare?.(context)

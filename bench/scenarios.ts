@@ -35,9 +35,9 @@ export interface Scenario {
 }
 
 export const BENCH_PASSWORD = 'bench password that is long enough'
-const json = { 'content-type': 'application/json' }
+export const json = { 'content-type': 'application/json' }
 
-async function post (url: string, body: unknown, accessToken?: string): Promise<Record<string, unknown>> {
+export async function post (url: string, body: unknown, accessToken?: string): Promise<Record<string, unknown>> {
   const headers = accessToken === undefined ? json : { ...json, authorization: `Bearer ${accessToken}` }
   const response = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body) })
   const answer = await response.json() as Record<string, unknown>
@@ -51,7 +51,7 @@ async function post (url: string, body: unknown, accessToken?: string): Promise<
  * autocannon resets a connection's context after every answer, hence a pool rather than a
  * token per connection; sessions whose answer was cut off at the end of a run are dropped.
  */
-function rotation (pool: string[], path: string): Target {
+export function rotation (pool: string[], path: string): Target {
   return {
     method: 'POST',
     path,
@@ -104,7 +104,7 @@ const bearer = (token: string): Record<string, string> => ({ authorization: `Bea
  */
 const BIRDS_EMAIL = 'bench-birds@example.com'
 let flock: Promise<string> | undefined
-async function birdsUser (gatehouse: string): Promise<{ jwt: string, token: string }> {
+export async function birdsUser (gatehouse: string): Promise<{ jwt: string, token: string }> {
   flock ??= (async () => {
     const { accessToken } = await post(`${gatehouse}/api/auth/register`, { email: BIRDS_EMAIL, password: BENCH_PASSWORD }) as { accessToken: string }
     const today = Date.now()
