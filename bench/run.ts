@@ -25,7 +25,7 @@ import { projectRoot } from '../src/paths.js'
 import { freePort } from '../test/helper.js'
 import { hashPassword } from '../src/auth/passwords.js'
 import { soak } from './soak.js'
-import { BENCH_PASSWORD, BIRDS_JWT, BIRDS_TOKEN, MEMBERS_JWT, MEMBERS_TOKEN, scenarios, type BenchContext, type Target } from './scenarios.js'
+import { autocannonRequest, BENCH_PASSWORD, BIRDS_JWT, BIRDS_TOKEN, MEMBERS_JWT, MEMBERS_TOKEN, scenarios, type BenchContext, type Target } from './scenarios.js'
 import { difference, StatementCounter, sum, type Delta } from './statements.js'
 
 const duration = Number(process.env.BENCH_DURATION ?? 10)
@@ -62,17 +62,9 @@ async function cpuTime (pid: number | undefined): Promise<number | undefined> {
 
 export async function measure (base: string, target: Target, seconds = duration, pid?: number): Promise<Measurement> {
   const cpuBefore = await cpuTime(pid)
-  const request = {
-    method: target.method ?? 'GET',
-    path: target.path,
-    ...(target.headers === undefined ? {} : { headers: target.headers }),
-    ...(target.body === undefined ? {} : { body: target.body }),
-    ...(target.setupRequest === undefined ? {} : { setupRequest: target.setupRequest }),
-    ...(target.onResponse === undefined ? {} : { onResponse: target.onResponse })
-  }
   const result = await autocannon({
     url: base,
-    requests: [request as autocannon.Request],
+    requests: [autocannonRequest(target)],
     connections,
     duration: seconds
   })

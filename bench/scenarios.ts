@@ -1,5 +1,6 @@
 // The benchmark scenarios. Each names the request to drive against Gatehouse and the floor
 // route doing the same work. `prepare` may call the API first (sign in, create data).
+import type autocannon from 'autocannon'
 
 export interface Target {
   method?: 'GET' | 'POST' | 'PUT' | 'DELETE'
@@ -32,6 +33,18 @@ export interface Scenario {
   background?: { gatehouse: (context: BenchContext) => Target, floor: (context: BenchContext) => Target }
   /** Count the database statements Gatehouse issues during the measured run (bench/statements.ts). */
   statements?: boolean
+}
+
+/** A target as autocannon's request (the measurements and the soak drive it alike). */
+export function autocannonRequest (target: Target): autocannon.Request {
+  return {
+    method: target.method ?? 'GET',
+    path: target.path,
+    ...(target.headers === undefined ? {} : { headers: target.headers }),
+    ...(target.body === undefined ? {} : { body: target.body }),
+    ...(target.setupRequest === undefined ? {} : { setupRequest: target.setupRequest }),
+    ...(target.onResponse === undefined ? {} : { onResponse: target.onResponse })
+  } as autocannon.Request
 }
 
 export const BENCH_PASSWORD = 'bench password that is long enough'

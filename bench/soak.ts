@@ -4,7 +4,7 @@
 // the error count and the RSS growth from start to end (issue 7: no errors, ≤ 20% growth).
 //   SOAK_DURATION  seconds in all (default 600)     SOAK_SLICE  seconds per row (default 60)
 import autocannon from 'autocannon'
-import { BENCH_PASSWORD, birdsUser, json, post, rotation, type Target } from './scenarios.js'
+import { autocannonRequest, BENCH_PASSWORD, birdsUser, json, post, rotation, type Target } from './scenarios.js'
 
 interface Mix { name: string, connections: number, target: Target }
 interface Slice { index: number, requests: number, errors: number, p99: Record<string, number>, rss: number }
@@ -12,20 +12,7 @@ interface Slice { index: number, requests: number, errors: number, p99: Record<s
 const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
 
 async function run (base: string, mix: Mix, seconds: number): Promise<autocannon.Result> {
-  const { target } = mix
-  return await autocannon({
-    url: base,
-    connections: mix.connections,
-    duration: seconds,
-    requests: [{
-      method: target.method ?? 'GET',
-      path: target.path,
-      ...(target.headers === undefined ? {} : { headers: target.headers }),
-      ...(target.body === undefined ? {} : { body: target.body }),
-      ...(target.setupRequest === undefined ? {} : { setupRequest: target.setupRequest }),
-      ...(target.onResponse === undefined ? {} : { onResponse: target.onResponse })
-    } as autocannon.Request]
-  })
+  return await autocannon({ url: base, connections: mix.connections, duration: seconds, requests: [autocannonRequest(mix.target)] })
 }
 
 export async function soak (base: string, rss: () => Promise<number>): Promise<string> {

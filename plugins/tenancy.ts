@@ -38,7 +38,15 @@ declare module 'fastify' {
 const CHANNEL = 'members'
 const CACHE_TTL = 30_000
 const CACHE_MAX = 200_000
-const WORKSPACE_HEADER = 'x-workspace-id'
+/** The workspace `X-Workspace-Id` names; undefined when not sent, 400 when not a workspace id. */
+export function namedWorkspace (request: FastifyRequest): number | undefined {
+  const header = request.headers['x-workspace-id']
+  if (header === undefined) return undefined
+  if (typeof header !== 'string' || !/^[1-9]\d{0,9}$/.test(header.trim())) {
+    throw errors.badRequest('X-Workspace-Id must be a workspace id', 'INVALID_WORKSPACE_HEADER')
+  }
+  return Number(header.trim())
+}
 const SEED_003 = { required: MESSAGES.authRequired, invalid: MESSAGES.authRequired }
 
 type Entry = { at: number, value: Promise<MemberRef | null>, loaded?: MemberRef | null }
@@ -101,12 +109,8 @@ export default fp(async (fastify) => {
   /** The workspace a request names: `X-Workspace-Id` when sent, else its token's. */
   const workspaceOf = (request: FastifyRequest): number | null => {
     const auth = request.auth!
-    const header = request.headers[WORKSPACE_HEADER]
-    if (header === undefined) return auth.workspaceId
-    if (typeof header !== 'string' || !/^[1-9]\d{0,9}$/.test(header.trim())) {
-      throw errors.badRequest('X-Workspace-Id must be a workspace id', 'INVALID_WORKSPACE_HEADER')
-    }
-    const named = Number(header.trim())
+    const named = namedWorkspace(request)
+    if (named === undefined) return auth.workspaceId
     // An integration token belongs to one workspace and never acts in another.
     if (auth.kind === 'integration' && named !== auth.workspaceId) throw errors.forbidden(MESSAGES.forbidden, 'NOT_A_MEMBER')
     return named

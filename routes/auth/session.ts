@@ -7,6 +7,7 @@ import { providerRegistry } from '../../src/auth/providers.js'
 import { audit, publicUser, PublicUser } from '../../src/auth/users.js'
 import { errorResponses } from '../../src/schemas/common.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
+import { namedWorkspace } from '../../plugins/tenancy.js'
 import { Member, memberJson, Membership, Workspace, WorkspaceId, workspaceJson } from '../../src/tenancy/workspaces.js'
 
 const Provider = Type.Object({ providerKey: Type.String(), displayName: Type.String(), enabled: Type.Boolean() })
@@ -70,12 +71,9 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: SessionAnswer, ...errorResponses(400, 401, 403) }
     }
   }, async (request) => {
-    const header = request.headers['x-workspace-id']
-    let activeId = request.auth!.workspaceId
-    if (typeof header === 'string' && /^[1-9]\d{0,9}$/.test(header.trim())) activeId = Number(header.trim())
-    else if (header !== undefined) throw errors.badRequest('X-Workspace-Id must be a workspace id', 'INVALID_WORKSPACE_HEADER')
-    const session = await context(request, activeId)
-    if (header !== undefined && session.activeWorkspace === null) throw errors.forbidden(MESSAGES.forbidden, 'NOT_A_MEMBER')
+    const named = namedWorkspace(request)
+    const session = await context(request, named ?? request.auth!.workspaceId)
+    if (named !== undefined && session.activeWorkspace === null) throw errors.forbidden(MESSAGES.forbidden, 'NOT_A_MEMBER')
     return { session }
   })
 

@@ -3,19 +3,13 @@ import { Type } from 'typebox'
 import { errors } from '../../src/errors.js'
 import {
   Bird, BirdInput, birdJson, birdsQuery, BirdUpdate, checkFields, DEFAULT_CHART_COLOR, orNull, VetVisit, VetVisitInput, vetVisitJson,
-  Weight, WeightInput, weightJson, type BirdRow
+  tagTaken, violates, Weight, WeightInput, weightJson, type BirdRow
 } from '../../src/birds/birds.js'
 import { errorResponses, UUID_PATTERN } from '../../src/schemas/common.js'
 
 const security: Array<Record<string, string[]>> = [{ bearer: [] }, { integrationToken: [] }]
 const BirdParams = Type.Object({ birdId: Type.String({ maxLength: 64 }) })
 const BirdAnswer = Type.Object({ bird: Bird })
-
-/** A PostgreSQL unique violation of one constraint (the seed's 409s are decided by the database). */
-const violates = (error: unknown, constraint: string): boolean =>
-  (error as { code?: string, constraint?: string }).code === '23505' && (error as { constraint?: string }).constraint === constraint
-
-const TAG_TAKEN = 'That tagId is already used in this workspace.'
 
 const encodeCursor = (row: BirdRow): string => Buffer.from(JSON.stringify([new Date(row.created_at).toISOString(), row.id])).toString('base64url')
 function decodeCursor (cursor: string): [string, string] {
@@ -101,7 +95,7 @@ const birdRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       reply.code(201)
       return { bird: birdJson({ ...row, latest_weight_grams: null, latest_recorded_on: null }) }
     } catch (error) {
-      if (violates(error, 'birds_tag_key')) throw errors.conflict(TAG_TAKEN, 'TAG_TAKEN')
+      if (violates(error, 'birds_tag_key')) throw tagTaken()
       throw error
     }
   })
@@ -140,7 +134,7 @@ const birdRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         .returning('id').executeTakeFirst()
       if (updated === undefined) throw errors.notFound('bird')
     } catch (error) {
-      if (violates(error, 'birds_tag_key')) throw errors.conflict(TAG_TAKEN, 'TAG_TAKEN')
+      if (violates(error, 'birds_tag_key')) throw tagTaken()
       throw error
     }
     const row = await birdsQuery(db, workspaceId).where('b.id', '=', birdId).executeTakeFirst()

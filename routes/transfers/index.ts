@@ -7,7 +7,7 @@ import { errors } from '../../src/errors.js'
 import { cleanName, escapeHtml, issueMagicLink } from '../../src/auth/magic-links.js'
 import { emailKey, throttle } from '../../src/auth/throttle.js'
 import { audit, normalizeEmail } from '../../src/auth/users.js'
-import { Bird, birdJson, birdsQuery, orNull } from '../../src/birds/birds.js'
+import { Bird, birdJson, birdsQuery, orNull, tagTaken, violates } from '../../src/birds/birds.js'
 import { Email, errorResponses, Nullable, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
 import { WorkspaceId } from '../../src/tenancy/workspaces.js'
 
@@ -42,9 +42,6 @@ const transferJson = (row: Selectable<TransfersTable>) => ({
   acceptedAt: row.accepted_at === null ? null : new Date(row.accepted_at).toISOString(),
   destinationWorkspaceId: row.destination_workspace_id
 })
-
-const violates = (error: unknown, constraint: string): boolean =>
-  (error as { code?: string, constraint?: string }).code === '23505' && (error as { constraint?: string }).constraint === constraint
 
 /**
  * Transfer drafts (seed 003): a bird of the active workspace is offered to another owner by
@@ -190,7 +187,7 @@ const transferRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
           .where('id', '=', open.bird_id).where('workspace_id', '=', open.source_workspace_id)
           .returning('id').executeTakeFirst()
       } catch (error) {
-        if (violates(error, 'birds_tag_key')) throw errors.conflict('That tagId is already used in this workspace.', 'TAG_TAKEN')
+        if (violates(error, 'birds_tag_key')) throw tagTaken()
         throw error
       }
       if (moved === undefined) throw errors.conflict('The bird is no longer in the workspace it was offered from.', 'BIRD_MOVED')
