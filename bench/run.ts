@@ -7,6 +7,8 @@
 //   BENCH_DURATION     seconds per measurement (default 10)
 //   BENCH_CONNECTIONS  concurrent connections (default 32)
 //   BENCH_ONLY         only the scenarios whose name contains this text
+//   BENCH_WARMUP       seconds of warm-up per server before a scenario's rounds (default 2;
+//                      a scenario may ask for more)
 //   BENCH_ROUNDS       measurements per scenario, alternating with the floor (default 1);
 //                      the median round is printed, with the range of the ratios
 //   TEST_DATABASE_URL / TEST_REDIS_URL  the servers, as for npm test
@@ -31,6 +33,7 @@ import { difference, StatementCounter, sum, type Delta } from './statements.js'
 const duration = Number(process.env.BENCH_DURATION ?? 10)
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 32)
 const only = process.env.BENCH_ONLY
+const warmup = Number(process.env.BENCH_WARMUP ?? 2)
 /** `npm run bench -- --soak`: the soak (bench/soak.ts) instead of the scenarios. */
 const soakMode = process.argv.includes('--soak')
 const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 1))
@@ -235,9 +238,10 @@ async function main (): Promise<void> {
     for (const scenario of scenarios) {
       if (only !== undefined && !scenario.name.includes(only)) continue
       await scenario.prepare?.(context)
-      // A short warm-up lets the JIT and the caches settle before measuring.
-      await measure(gatehouse.base, scenario.gatehouse(context), 2)
-      await measure(floor.base, scenario.floor(context), 2)
+      // A warm-up lets the JIT and the caches settle before measuring: seconds, or the
+      // scenario's own (a slow route needs longer to run its code often enough to optimize it).
+      await measure(gatehouse.base, scenario.gatehouse(context), scenario.warmup ?? warmup)
+      await measure(floor.base, scenario.floor(context), scenario.warmup ?? warmup)
       // Rounds alternate Gatehouse and its floor, so that a noisy neighbour hurts both alike;
       // the round with the median ratio is reported, with the range of all rounds.
       const measured: Row[] = []

@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import type { Insertable, Kysely, Transaction } from 'kysely'
 import { isProduction, publicUrl } from '../src/config.js'
 import type { Database, SessionsTable } from '../src/db/types.js'
+import { prepared } from '../src/db/index.js'
 import { errors } from '../src/errors.js'
 import { hashToken, newRefreshToken, newSessionId, sessionIdOf, successorOf } from '../src/auth/refresh-tokens.js'
 import { audit, USER_COLUMNS, type UserRecord } from '../src/auth/users.js'
@@ -71,11 +72,12 @@ export interface Sessions {
   start: (trx: Transaction<Database>, options: StartSession) => Promise<IssuedSession>
   /**
    * The same in two steps, for a sign-in that writes its rows in one statement: `prepare`
-   * makes the session and its metadata row (for the caller to insert); `activate`, once the
-   * row is committed, creates the session in the store and issues its tokens.
+   * makes the session and its metadata row (for the caller to insert); `activate` runs the
+   * caller's `write` (which inserts the row and answers the user) while it creates the
+   * session in the store, undoes either when the other fails, and issues the tokens.
    */
   prepare: (options: StartSession) => PendingSession
-  activate: (pending: PendingSession, user: Pick<UserRecord, 'id' | 'role'>) => Promise<IssuedSession>
+  activate: <U extends Pick<UserRecord, 'id' | 'role'>>(pending: PendingSession, write: () => Promise<U>) => Promise<{ session: IssuedSession, user: U }>
   /** Rotates a refresh token; throws 401 for an invalid or reused one, 403 for an inactive user. */
   refresh: (refreshToken: string, origin: Origin) => Promise<IssuedSession>
   /** True when the refresh token is the current (or grace) token of a live session; that session id. */
@@ -220,7 +222,7 @@ export default fp(async (fastify) => {
 
   // --- users -----------------------------------------------------------------------------
   const loadUser = async (id: string): Promise<UserRecord | undefined> =>
-    await db.selectFrom('users').select(USER_COLUMNS).where('id', '=', id).executeTakeFirst()
+    (await prepared(db, db.selectFrom('users').select(USER_COLUMNS).where('id', '=', id)))[0]
 
   const users: Users = {
     async get (id) {
@@ -300,15 +302,23 @@ export default fp(async (fastify) => {
       return { sessionId, refreshToken: newRefreshToken(sessionId), state, row }
     },
 
-    async activate (pending, user) {
-      // The store after PostgreSQL: if the row's transaction failed, no session exists at all.
-      try {
-        await store.createSession(pending.sessionId, pending.state, hashToken(pending.refreshToken))
-      } catch (error) {
-        await markRevoked(db, [pending.sessionId], 'revoked').catch(() => {})
-        throw error
+    async activate (pending, write) {
+      // The session's row and its state in the store are written at once. Whichever fails,
+      // the other is undone: a stored session whose row was never written is deleted, and a
+      // row whose stored session failed is marked revoked, so no half sign-in remains.
+      const [stored, written] = await Promise.allSettled([
+        store.createSession(pending.sessionId, pending.state, hashToken(pending.refreshToken)),
+        write()
+      ])
+      if (written.status === 'rejected') {
+        if (stored.status === 'fulfilled') await store.deleteSession(pending.sessionId).catch(() => {})
+        throw written.reason
       }
-      return issued(pending, user)
+      if (stored.status === 'rejected') {
+        await markRevoked(db, [pending.sessionId], 'revoked').catch(() => {})
+        throw stored.reason
+      }
+      return { session: issued(pending, written.value), user: written.value }
     },
 
     async start (trx, options) {

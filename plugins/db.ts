@@ -55,6 +55,7 @@ export default fp(async (fastify) => {
     max: embedded === undefined ? config.DATABASE_POOL_MAX : 1,
     connectTimeoutMs: config.DATABASE_CONNECT_TIMEOUT,
     statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT,
+    preparedStatements: config.DATABASE_PREPARED_STATEMENTS,
     onError: error => fastify.log.warn({ err: error }, 'idle PostgreSQL connection failed')
   })
   const counts: StatementCounts = { reads: 0, writes: 0, transactions: 0 }

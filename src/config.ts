@@ -78,6 +78,7 @@ export const ConfigSchema = Type.Object({
   DATABASE_POOL_MAX: integer(10, 1, 200, 'Maximum PostgreSQL connections per instance.'),
   DATABASE_CONNECT_TIMEOUT: duration('5s', { description: 'How long to wait for a PostgreSQL connection before failing the request with 503.' }),
   DATABASE_STATEMENT_TIMEOUT: duration('15s', { description: 'PostgreSQL statement_timeout for every query.' }),
+  DATABASE_PREPARED_STATEMENTS: flag(true, 'Run the hot statements (sign-in, user lookups) as named prepared statements, parsed and planned once per connection. Turn off behind a pooler that does not keep one server connection per client (PgBouncer in transaction mode before 1.21).'),
   MIGRATE_ON_START: flag(true, 'Apply pending migrations from sql/ at start (under an advisory lock, so several instances may start at once).'),
 
   REDIS_URL: url('Redis connection string. Unset: an in-process store (single instance only).', ['redis', 'rediss'], true),

@@ -9,7 +9,8 @@ import { emailKey, signInThrottle, throttle } from '../../src/auth/throttle.js'
 import { sessionIdOf } from '../../src/auth/refresh-tokens.js'
 import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
-import { defaultWorkspaceQuery, workspaceForSignIn } from '../../src/tenancy/workspaces.js'
+import { workspaceForSignIn } from '../../src/tenancy/workspaces.js'
+import { prepared } from '../../src/db/index.js'
 import { REFRESH_COOKIE, type IssuedSession } from '../../plugins/auth.js'
 
 const Password = Type.String({ minLength: 1, maxLength: 1024, description: 'Any characters; at least PASSWORD_MIN_LENGTH, never truncated' })
@@ -132,17 +133,28 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     if (!passwordsEnabled) throw errors.gone(PASSWORD_DISABLED.login, 'PASSWORD_AUTH_DISABLED')
-    await signInLimit(request, reply)
     const email = normalizeEmail(request.body.email)
     const origin = fastify.originOf(request)
     // Failures per address, whether or not it has an account, so the limit reveals nothing.
     const failuresKey = `signin:fail:${emailKey(email)}`
-    const failures = Number(await store.get(failuresKey) ?? 0)
-    if (failures >= config.LOGIN_MAX_PER_ACCOUNT) {
+    // The per-IP budget, the address's failures and the account are asked for at once: one
+    // round trip to each store (the two store commands leave in one pipeline). The account
+    // comes with its default workspace, so that the session can be stored while its row is
+    // written below.
+    const [, failures, found] = await Promise.all([
+      signInLimit(request, reply),
+      store.get(failuresKey),
+      prepared(db, db.selectFrom('users').select([...USER_COLUMNS, 'password_hash'])
+        .select(eb => eb.selectFrom('workspace_members').select('workspace_members.workspace_id')
+          .whereRef('workspace_members.user_id', '=', 'users.id')
+          .orderBy('workspace_members.accepted_at').orderBy('workspace_members.workspace_id').limit(1)
+          .as('workspace_id'))
+        .where('email', '=', email)).then(rows => rows[0])
+    ])
+    if (Number(failures ?? 0) >= config.LOGIN_MAX_PER_ACCOUNT) {
       reply.header('Retry-After', Math.ceil(config.LOGIN_WINDOW / 1000))
       throw errors.tooManyRequests('Too many failed sign-in attempts for this account, please try again later.')
     }
-    const found = await db.selectFrom('users').select([...USER_COLUMNS, 'password_hash']).where('email', '=', email).executeTakeFirst()
     // Unknown address and wrong password take the same time (a dummy hash) and answer alike.
     const valid = await verifyPassword(found?.password_hash, request.body.password)
     if (!valid || found === undefined) {
@@ -162,26 +174,23 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
     }
     const rememberMe = request.body.rememberMe === true
+    // Every session has an active workspace: a user without any (the bootstrapped admin, an
+    // account from before workspaces) gets a personal one now.
+    const workspaceId = found.workspace_id ?? (await db.transaction().execute(async trx => await workspaceForSignIn(trx, found, false))).workspaceId
+    const pending = sessions.prepare({ user: found, method: 'password', rememberMe, origin, workspaceId })
     // The sign-in's three writes (last login, session row, audit row) are one statement: one
-    // round trip and one implicit transaction, all or nothing.
-    const pending = sessions.prepare({ user: found, method: 'password', rememberMe, origin })
-    const user = await db
+    // round trip and one implicit transaction, all or nothing; the store keeps the session
+    // meanwhile (undone when the statement fails).
+    const { session, user } = await sessions.activate(pending, async () => (await prepared(db, db
       .with('signed_in', q => q.updateTable('users').set({ last_login_at: new Date(fastify.now()) }).where('id', '=', found.id).returning(USER_COLUMNS))
       .with('session', q => q.insertInto('sessions').values(pending.row))
       .with('audited', q => q.insertInto('audit_log').values(auditRow({
         action: 'auth.login', actorUserId: found.id, subjectType: 'session', subjectId: pending.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'password', rememberMe }
       })))
-      .with('workspace', () => defaultWorkspaceQuery(db, found.id))
-      .selectFrom('signed_in').leftJoin('workspace', join => join.onTrue())
-      .selectAll('signed_in').select('workspace.workspace_id')
-      .executeTakeFirstOrThrow()
-    // Every session has an active workspace: a user without any (the bootstrapped admin, an
-    // account from before workspaces) gets a personal one now.
-    pending.state.workspaceId = user.workspace_id ?? (await db.transaction().execute(async trx => await workspaceForSignIn(trx, user, false))).workspaceId
-    const session = await sessions.activate(pending, user)
+      .selectFrom('signed_in').selectAll('signed_in')))[0]!)
     // lastLoginAt changed: other instances see it within their user cache's 30 s.
     fastify.users.forget(user.id)
-    if (failures > 0) await store.del(failuresKey)
+    if (failures !== null) await store.del(failuresKey)
     return tokenAnswer(request, reply, session, publicUser(user))
   })
 

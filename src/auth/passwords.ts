@@ -1,39 +1,21 @@
-import { availableParallelism } from 'node:os'
-import { hash, verify } from '@node-rs/argon2'
 import { dictionary } from '@zxcvbn-ts/language-common'
+import { Argon2Pool } from './argon2-pool.js'
 
 /*
- * Passwords: argon2id through @node-rs/argon2, whose hash and verify run on libuv's thread
- * pool, off the event loop. Its defaults are OWASP's (19 MiB, 2 passes, 1 lane). The whole
- * password is hashed: nothing is truncated (bcrypt's 72-byte limit does not apply); the
- * schemas bound it to 1024 characters so one request cannot cost unbounded work.
+ * Passwords: argon2id through @node-rs/argon2, on worker threads (src/auth/argon2-pool.ts),
+ * off the event loop and at most one computation per CPU. Its defaults are OWASP's (19 MiB,
+ * 2 passes, 1 lane). The whole password is hashed: nothing is truncated (bcrypt's 72-byte
+ * limit does not apply); the schemas bound it to 1024 characters so one request cannot cost
+ * unbounded work.
  */
 
 // Algorithm.Argon2id (an ambient const enum, which verbatimModuleSyntax cannot import).
 const OPTIONS = { algorithm: 2 as const }
 
-/*
- * At most one argon2 computation per CPU at a time. More would only queue on libuv's thread
- * pool and oversubscribe the CPUs, starving the event loop: every other request (health
- * probes, token checks) would wait behind the hashes.
- */
-const MAX_CONCURRENT = Math.max(1, availableParallelism())
-let running = 0
-const waiting: Array<() => void> = []
-
-async function limited<T> (work: () => Promise<T>): Promise<T> {
-  if (running >= MAX_CONCURRENT) await new Promise<void>(resolve => waiting.push(resolve))
-  running++
-  try {
-    return await work()
-  } finally {
-    running--
-    waiting.shift()?.()
-  }
-}
+const pool = new Argon2Pool()
 
 export async function hashPassword (password: string): Promise<string> {
-  return await limited(async () => await hash(password, OPTIONS))
+  return await pool.hash(password, OPTIONS)
 }
 
 let dummy: Promise<string> | undefined
@@ -47,11 +29,11 @@ export async function verifyPassword (storedHash: string | null | undefined, pas
   if (storedHash === null || storedHash === undefined) {
     dummy ??= hashPassword('gatehouse dummy password that never matches')
     const dummyHash = await dummy
-    await limited(async () => await verify(dummyHash, password)).catch(() => false)
+    await pool.verify(dummyHash, password).catch(() => false)
     return false
   }
   try {
-    return await limited(async () => await verify(storedHash, password))
+    return await pool.verify(storedHash, password)
   } catch {
     return false
   }
