@@ -139,7 +139,11 @@ export async function birdsUser (gatehouse: string): Promise<{ jwt: string, toke
 let birdsJwt = ''
 let birdsToken = ''
 
-/** The names the goals of issues 5 and 6 refer to (bench/run.ts prints them under the table). */
+/** The names the goals of issues 3, 5 and 6 refer to (bench/run.ts prints them under the table). */
+export const ME_JWT = 'GET /api/auth/me (JWT)'
+export const REFRESH = 'POST /api/auth/refresh (rotation)'
+export const LOGIN = 'POST /api/auth/login (argon2id)'
+export const HEALTH_DURING_LOGINS = 'GET /api/health while logins saturate the CPU'
 export const BIRDS_JWT = 'GET /api/birds, 50 birds (JWT)'
 export const BIRDS_TOKEN = 'GET /api/birds, 50 birds (integration token)'
 export const MEMBERS_JWT = 'GET /api/workspace/members (JWT)'
@@ -153,7 +157,7 @@ export const scenarios: Scenario[] = [
     floor: () => ({ path: '/floor/health' })
   },
   {
-    name: 'GET /api/auth/me (JWT)',
+    name: ME_JWT,
     async prepare ({ gatehouse }) {
       const answer = await post(`${gatehouse}/api/auth/register`, { email: 'bench-me@example.com', password: BENCH_PASSWORD })
       accessToken = answer.accessToken as string
@@ -201,7 +205,7 @@ export const scenarios: Scenario[] = [
     floor: () => ({ path: '/floor/birds', headers: bearer(birdsJwt) })
   },
   {
-    name: 'POST /api/auth/refresh (rotation)',
+    name: REFRESH,
     async prepare ({ gatehouse, floor, connections, rounds }) {
       await post(`${gatehouse}/api/auth/register`, { email: 'bench-refresh@example.com', password: BENCH_PASSWORD })
       // Each measurement (warm-up, rounds) may drop up to one session per connection.
@@ -214,7 +218,7 @@ export const scenarios: Scenario[] = [
     floor: () => rotation(floorTokens, '/floor/refresh')
   },
   {
-    name: 'POST /api/auth/login (argon2id)',
+    name: LOGIN,
     // At about 100 sign-ins a second, V8 needs some 20 s to optimize the route's code: its
     // compiler threads spent 770 ms in the first 10 s and 100–160 ms in each 10 s after.
     warmup: 20,
@@ -225,7 +229,7 @@ export const scenarios: Scenario[] = [
     floor: () => ({ method: 'POST', path: '/floor/login', headers: json, body: JSON.stringify({ password: BENCH_PASSWORD }) })
   },
   {
-    name: 'GET /api/health while logins saturate the CPU',
+    name: HEALTH_DURING_LOGINS,
     gatehouse: () => ({ path: '/api/health' }),
     floor: () => ({ path: '/floor/health' }),
     background: {
