@@ -45,6 +45,10 @@ function statementName (text: string): string | undefined {
   return preparedNames.get(text)
 }
 
+/** PostgreSQL's answer to a prepared statement whose result columns changed type meanwhile. */
+const isStaleResultType = (error: unknown): boolean =>
+  (error as { code?: unknown }).code === '0A000' && /cached plan must not change result type/.test(String((error as Error).message))
+
 /** pg's client, running the texts `prepared` marked as named statements. */
 class PreparingClient extends pg.Client {
   // pg's overloads (config object, text and values, callbacks) pass through unchanged.
@@ -52,9 +56,30 @@ class PreparingClient extends pg.Client {
     const [text, values, callback] = args
     if (typeof text === 'string' && typeof callback !== 'function') {
       const name = statementName(text)
-      if (name !== undefined) return super.query({ name, text, values: values as unknown[] | undefined }) as never
+      if (name !== undefined) return this.named(name, text, values as unknown[] | undefined) as never
     }
     return (super.query as (...parameters: unknown[]) => never)(...args)
+  }
+
+  /**
+   * A migration of another instance changed the type of a column the statement returns:
+   * PostgreSQL refuses to run the statement before it has done anything, so it is dropped
+   * on this connection, prepared again and run once more (outside a transaction), instead
+   * of failing once on every connection.
+   */
+  private async named (name: string, text: string, values: unknown[] | undefined): Promise<pg.QueryResult> {
+    try {
+      return await super.query({ name, text, values })
+    } catch (error) {
+      // Inside a transaction the refusal has aborted it: nothing can run again there.
+      if (!isStaleResultType(error) || this.getTransactionStatus() !== 'I') throw error
+      // pg's record of what this connection has prepared (no public way to forget one).
+      const connection = (this as unknown as { connection: { parsedStatements: Record<string, string> } }).connection
+      delete connection.parsedStatements[name]
+      // The name is our own digest (gh_ and base64url characters), never input.
+      await super.query(`DEALLOCATE "${name}"`)
+      return await super.query({ name, text, values })
+    }
   }
 }
 

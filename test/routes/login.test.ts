@@ -32,6 +32,18 @@ t.test('a sign-in runs two statements, prepared once per connection', async t =>
   t.same(none.rows, [], 'DATABASE_PREPARED_STATEMENTS=false prepares nothing')
 })
 
+t.test('a migration that changes a returned column\'s type does not break prepared sign-ins', async t => {
+  const app = await build(t, { DATABASE_POOL_MAX: '1' })
+  t.equal((await register(app, 'migrated@example.com')).status, 201)
+  t.equal((await login(app, 'migrated@example.com')).status, 200, 'prepares the sign-in\'s statements')
+  // What another instance's migration may do while this one runs: both statements return it.
+  await sql`ALTER TABLE users ALTER COLUMN name TYPE varchar(300)`.execute(app.db)
+  const again = await login(app, 'migrated@example.com')
+  t.equal(again.status, 200, again.response.body)
+  t.equal(again.user.email, 'migrated@example.com')
+  t.equal((await login(app, 'migrated@example.com')).status, 200, 'and after')
+})
+
 t.test('a sign-in whose rows cannot be written leaves no session behind', async t => {
   const app = await build(t)
   const { user } = await register(app, 'refused@example.com')
