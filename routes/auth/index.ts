@@ -9,7 +9,7 @@ import { emailKey, signInThrottle, throttle } from '../../src/auth/throttle.js'
 import { sessionIdOf } from '../../src/auth/refresh-tokens.js'
 import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
-import { workspaceForSignIn } from '../../src/tenancy/workspaces.js'
+import { defaultWorkspaceQuery, workspaceForSignIn } from '../../src/tenancy/workspaces.js'
 import { prepared } from '../../src/db/index.js'
 import { REFRESH_COOKIE, type IssuedSession } from '../../plugins/auth.js'
 
@@ -145,10 +145,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       signInLimit(request, reply),
       store.get(failuresKey),
       prepared(db, db.selectFrom('users').select([...USER_COLUMNS, 'password_hash'])
-        .select(eb => eb.selectFrom('workspace_members').select('workspace_members.workspace_id')
-          .whereRef('workspace_members.user_id', '=', 'users.id')
-          .orderBy('workspace_members.accepted_at').orderBy('workspace_members.workspace_id').limit(1)
-          .as('workspace_id'))
+        .select(eb => defaultWorkspaceQuery(db, eb.ref('users.id')).as('workspace_id'))
         .where('email', '=', email)).then(rows => rows[0])
     ])
     if (Number(failures ?? 0) >= config.LOGIN_MAX_PER_ACCOUNT) {

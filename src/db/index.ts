@@ -40,11 +40,6 @@ export interface PoolSettings {
 const MAX_PREPARED = 256
 const preparedNames = new Map<string, string>()
 
-/** The statement name of a query text `prepared` has run, if any. */
-function statementName (text: string): string | undefined {
-  return preparedNames.get(text)
-}
-
 /** PostgreSQL's answer to a prepared statement whose result columns changed type meanwhile. */
 const isStaleResultType = (error: unknown): boolean =>
   (error as { code?: unknown }).code === '0A000' && /cached plan must not change result type/.test(String((error as Error).message))
@@ -55,7 +50,7 @@ class PreparingClient extends pg.Client {
   override query (...args: unknown[]): never {
     const [text, values, callback] = args
     if (typeof text === 'string' && typeof callback !== 'function') {
-      const name = statementName(text)
+      const name = preparedNames.get(text)
       if (name !== undefined) return this.named(name, text, values as unknown[] | undefined) as never
     }
     return (super.query as (...parameters: unknown[]) => never)(...args)

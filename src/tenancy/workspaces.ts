@@ -1,5 +1,5 @@
 import { Type, type Static } from 'typebox'
-import type { Kysely, Selectable, Transaction } from 'kysely'
+import type { Expression, Kysely, Selectable, Transaction } from 'kysely'
 import type { BillingPlan, Database, WorkspaceMembersTable, WorkspacesTable, WorkspaceType } from '../db/types.js'
 import { Nullable, Timestamp, Uuid } from '../schemas/common.js'
 
@@ -124,8 +124,11 @@ export async function membershipsOf (db: Executor, userId: string): Promise<Memb
   return rows.map(row => ({ ...workspaceJson(row), role: row.role, membershipId: row.membership_id }))
 }
 
-/** The workspace a new session of `userId` starts in: the oldest membership. */
-export function defaultWorkspaceQuery (db: Executor, userId: string) {
+/**
+ * The workspace a new session of `userId` starts in: the oldest membership. `userId` may be
+ * a column reference, for use as a correlated subquery (the sign-in's account lookup).
+ */
+export function defaultWorkspaceQuery (db: Executor, userId: string | Expression<string>) {
   return db.selectFrom('workspace_members').select('workspace_id')
     .where('user_id', '=', userId)
     .orderBy('accepted_at').orderBy('workspace_id').limit(1)
