@@ -2,7 +2,7 @@ import cookie from '@fastify/cookie'
 import type { FastifyReply, FastifyRequest, preParsingHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Insertable, Kysely, Transaction } from 'kysely'
-import { isProduction, publicUrl } from '../src/config.js'
+import { isProduction, serverOrigins } from '../src/config.js'
 import type { Database, SessionsTable } from '../src/db/types.js'
 import { prepared } from '../src/db/index.js'
 import { errors } from '../src/errors.js'
@@ -88,8 +88,11 @@ export interface Sessions {
   revokeAll: (userId: string, reason: RevokeReason, actor: Actor, except?: string) => Promise<number>
   /** Is this session revoked (in-process, no store round trip)? */
   isRevoked: (sessionId: string) => boolean
-  /** Makes `workspaceId` the session's active workspace and issues an access token for it. */
-  switchWorkspace: (sessionId: string, user: Pick<UserRecord, 'id' | 'role'>, workspaceId: number) => Promise<{ accessToken: string, expiresIn: number, expiresAt: number, rememberMe: boolean }>
+  /**
+   * Makes `workspaceId` the session's active workspace and issues an access token for it; null
+   * when the session has ended meanwhile (the route answers its own 401).
+   */
+  switchWorkspace: (sessionId: string, user: Pick<UserRecord, 'id' | 'role'>, workspaceId: number) => Promise<{ accessToken: string, expiresIn: number, expiresAt: number, rememberMe: boolean } | null>
 }
 
 export interface Users {
@@ -104,6 +107,10 @@ export interface Users {
 }
 
 declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Whose 401 texts the route answers when no `messages` are given (UNAUTHORIZED_MESSAGES). */
+    unauthorized?: keyof typeof UNAUTHORIZED_MESSAGES
+  }
   interface FastifyRequest {
     /** The verified access token of the request, or null. */
     auth: Auth | null
@@ -140,9 +147,18 @@ declare module 'fastify' {
   }
 }
 
-/** The 401 texts: seed 001/004's by default; seed 003's routes say "Authentication required." */
+/** The 401 texts of TOKEN_REQUIRED (no token) and TOKEN_INVALID (a token that does not verify). */
 export interface UnauthorizedMessages { required: string, invalid: string }
-const DEFAULT_MESSAGES: UnauthorizedMessages = { required: 'Access token required', invalid: 'Invalid or expired token' }
+/**
+ * One text per code, except where a seed prescribes its own for its routes: seed 004's by
+ * default; seed 002's "No token provided" on its GET /api/user/me; seed 003's "Authentication
+ * required." (for both) on its workspace routes, those with a tenancy `action`.
+ */
+export const UNAUTHORIZED_MESSAGES = {
+  default: { required: 'Access token required', invalid: 'Invalid or expired token' },
+  seed002: { required: 'No token provided', invalid: 'Invalid or expired token' },
+  seed003: { required: MESSAGES.authRequired, invalid: MESSAGES.authRequired }
+} as const satisfies Record<string, UnauthorizedMessages>
 
 const CHANNEL = 'auth'
 const USER_CACHE_TTL = 30_000
@@ -411,9 +427,9 @@ export default fp(async (fastify) => {
     },
 
     async switchWorkspace (sessionId, user, workspaceId) {
-      if (!await store.setSessionWorkspace(sessionId, workspaceId)) throw errors.unauthorized('Invalid or expired token', 'TOKEN_INVALID')
+      if (!await store.setSessionWorkspace(sessionId, workspaceId)) return null
       const state = await store.getSession(sessionId)
-      if (state === null) throw errors.unauthorized('Invalid or expired token', 'TOKEN_INVALID')
+      if (state === null) return null
       const access = issueAccessToken(user.id, user.role, sessionId, { workspaceId, expiresAt: state.expiresAt })
       return { accessToken: access.token, expiresIn: access.expiresIn, expiresAt: state.expiresAt, rememberMe: state.rememberMe }
     }
@@ -487,7 +503,7 @@ export default fp(async (fastify) => {
     })
   })
 
-  const signedIn = async (request: FastifyRequest, messages = DEFAULT_MESSAGES): Promise<void> => {
+  const signedIn = async (request: FastifyRequest, messages: UnauthorizedMessages = UNAUTHORIZED_MESSAGES[request.routeOptions.config.unauthorized ?? 'default']): Promise<void> => {
     const { auth } = request
     if (auth === null) {
       // A deactivated user's sessions are revoked; they are told why (seed 002: 403).
@@ -547,17 +563,14 @@ export default fp(async (fastify) => {
 
   // Origins whose pages may use the refresh cookie: the allow-list and our own URLs.
   const ownOrigins = new Set(config.CORS_ORIGINS.filter(origin => origin !== '*'))
-  ownOrigins.add(new URL(publicUrl(config)).origin)
+  for (const origin of serverOrigins(config)) ownOrigins.add(origin)
   if (config.FRONTEND_URL !== undefined) ownOrigins.add(new URL(config.FRONTEND_URL).origin)
   fastify.decorate('checkCookieRequest', (request: FastifyRequest) => {
     const origin = request.headers.origin
-    if (origin === undefined || !ownOrigins.has(origin)) {
-      throw errors.forbidden('Cookie-authenticated requests must come from an allowed origin', 'ORIGIN_NOT_ALLOWED')
-    }
+    if (origin === undefined || !ownOrigins.has(origin)) throw errors.originNotAllowed()
     const type = request.headers['content-type']
-    if (type !== undefined && !/^application\/json\s*(;|$)/i.test(type)) {
-      throw errors.forbidden('Cookie-authenticated requests must send application/json', 'ORIGIN_NOT_ALLOWED')
-    }
+    // A form can post cross-site without a preflight; it cannot send JSON.
+    if (type !== undefined && !/^application\/json\s*(;|$)/i.test(type)) throw errors.unsupportedMediaType()
   })
   fastify.decorate('originOf', (request: FastifyRequest): Origin => {
     const userAgent = request.headers['user-agent']

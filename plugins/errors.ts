@@ -85,8 +85,10 @@ export function errorBody (error: FastifyError, request: FastifyRequest): { stat
   switch (error.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return { statusCode: 413, body: { error: 'Request body is too large', code: 'PAYLOAD_TOO_LARGE' } }
-    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-      return { statusCode: 415, body: { error: 'Unsupported content type; send application/json', code: 'UNSUPPORTED_MEDIA_TYPE' } }
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': {
+      const unsupported = errors.unsupportedMediaType()
+      return { statusCode: 415, body: { error: unsupported.message, code: unsupported.code } }
+    }
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return { statusCode: 400, body: { error: 'Request body length does not match Content-Length', code: 'BAD_REQUEST' } }
   }

@@ -111,19 +111,24 @@ export default fp(async (fastify) => {
       }
   await fastify.register(cors, { hook: 'onRequest', ...apiPolicy })
 
+  // The API takes JSON only: any other body is 415 before validation (Fastify would parse
+  // text/plain into a string, which the schema then refused as a 400). The routes that take a
+  // form (OAuth's, for Apple's form_post; the magic-link page) add a urlencoded parser for themselves.
+  fastify.removeContentTypeParser('text/plain')
+
   // JSON bodies: `__proto__` and `constructor.prototype` keys are refused with their own
-  // message (Fastify's parser reports every failure as "not valid JSON").
+  // code (Fastify's parser reports every failure as "not valid JSON").
   fastify.removeContentTypeParser('application/json')
   fastify.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
     if (body === '') {
-      done(errors.badRequest('Request body is empty', 'INVALID_JSON'), undefined)
+      done(errors.badRequest('Request body is empty', 'EMPTY_BODY'), undefined)
       return
     }
     try {
       done(null, secureJsonParse(body as string, { protoAction: 'error', constructorAction: 'error' }))
     } catch (error) {
       done(/prototype/.test((error as Error).message)
-        ? errors.badRequest('Request body contains a forbidden property (__proto__ or constructor.prototype)', 'INVALID_JSON')
+        ? errors.badRequest('Request body contains a forbidden property (__proto__ or constructor.prototype)', 'FORBIDDEN_PROPERTY')
         : errors.badRequest('Request body is not valid JSON', 'INVALID_JSON'), undefined)
     }
   })

@@ -3,6 +3,7 @@ import fp from 'fastify-plugin'
 import type { MemberRole } from '../src/db/types.js'
 import { errors } from '../src/errors.js'
 import { MESSAGES, POLICIES, type Action, type Policy } from '../src/tenancy/policy.js'
+import { UNAUTHORIZED_MESSAGES } from './auth.js'
 
 /** A user's membership of a workspace, as authorization needs it. */
 export interface MemberRef { id: string, role: MemberRole }
@@ -47,7 +48,6 @@ export function namedWorkspace (request: FastifyRequest): number | undefined {
   }
   return Number(header.trim())
 }
-const SEED_003 = { required: MESSAGES.authRequired, invalid: MESSAGES.authRequired }
 
 type Entry = { at: number, value: Promise<MemberRef | null>, loaded?: MemberRef | null }
 
@@ -136,7 +136,7 @@ export default fp(async (fastify) => {
   }
 
   const authorize = async (request: FastifyRequest, policy: Policy): Promise<void> => {
-    await fastify.signedIn(request, SEED_003)
+    await fastify.signedIn(request, UNAUTHORIZED_MESSAGES.seed003)
     const workspaceId = check(request, policy)
     if (workspaceId !== null) grant(request, policy, workspaceId, await memberships.get(workspaceId, request.auth!.userId))
   }

@@ -16,6 +16,11 @@ const example = [
 for (const key of keys) {
   const doc = describeVariable(key)
   example.push(`# ${doc.description ?? ''}`, `# Accepts ${doc.accepts ?? 'a string'}.`)
+  if (doc.developmentDefault !== undefined) {
+    // Left commented out: a copied .env that set it would take development's own default away.
+    example.push(`# Unset: ${String(doc.default)}, in development ${String(doc.developmentDefault)}; a value set here applies in every mode.`, `# ${key}=${String(doc.default)}`, '')
+    continue
+  }
   example.push(doc.default === undefined ? `# ${key}=` : `${key}=${String(doc.default)}`, '')
 }
 writeFileSync(join(projectRoot, '.env.example'), example.join('\n'))
@@ -24,7 +29,8 @@ const escape = (text: string): string => text.replace(/\|/g, '\\|')
 const table = ['| Variable | Default | Meaning |', '|---|---|---|']
 for (const key of keys) {
   const doc = describeVariable(key)
-  const fallback = doc.default === undefined || doc.default === '' ? '—' : `\`${String(doc.default)}\``
+  const fallback = (doc.default === undefined || doc.default === '' ? '—' : `\`${String(doc.default)}\``) +
+    (doc.developmentDefault === undefined ? '' : ` (development: \`${String(doc.developmentDefault)}\`)`)
   table.push(`| \`${key}\` | ${fallback} | ${escape(doc.description ?? '')} Accepts ${escape(doc.accepts ?? 'a string')}. |`)
 }
 const readmePath = join(projectRoot, 'README.md')

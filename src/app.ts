@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyServerOptions } from 'fastify'
-import { trustProxy, type Config } from './config.js'
+import { developmentLimits, trustProxy, type Config } from './config.js'
 import { loggerOptions } from './logger.js'
 import configPlugin from '../plugins/config.js'
 import dbPlugin from '../plugins/db.js'
@@ -14,6 +14,7 @@ import keysPlugin from '../plugins/keys.js'
 import mailerPlugin from '../plugins/mailer.js'
 import integrationTokensPlugin from '../plugins/integration-tokens.js'
 import tenancyPlugin from '../plugins/tenancy.js'
+import validationPlugin from '../plugins/validation.js'
 import eventsPlugin from '../plugins/events.js'
 import adminRoutes from '../routes/admin/index.js'
 import authRoutes from '../routes/auth/index.js'
@@ -29,6 +30,7 @@ import workspaceRoutes from '../routes/workspaces/index.js'
 import healthRoutes from '../routes/health/index.js'
 import jwksRoutes from '../routes/jwks/index.js'
 import demoRoutes from '../routes/demo/index.js'
+import homeRoutes from '../routes/home/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -51,12 +53,13 @@ export function serverOptions (config: Config): FastifyServerOptions {
     bodyLimit: config.BODY_LIMIT,
     // Slow clients cannot hold a connection forever (slowloris).
     requestTimeout: 30_000,
+    // Start-up work is bounded by its own timeouts (DATABASE_CONNECT_TIMEOUT, REDIS_CONNECT_TIMEOUT);
+    // a first start of the embedded database with its migrations takes 5–10 s on a busy 2-core
+    // machine, and a real migration may take longer: Fastify's 10 s would cut them off.
+    pluginTimeout: 120_000,
     onProtoPoisoning: 'error',
-    onConstructorPoisoning: 'error',
-    ajv: {
-      // Every bad field is named in `details`; bodies are bounded by BODY_LIMIT and the schemas' maxLength.
-      customOptions: { allErrors: true, removeAdditional: true, coerceTypes: 'array', useDefaults: true }
-    }
+    onConstructorPoisoning: 'error'
+    // Request validation (Ajv) is set up by plugins/validation.ts: bodies strict, the rest coerced.
   }
 }
 
@@ -65,6 +68,8 @@ export function serverOptions (config: Config): FastifyServerOptions {
  * routes. src/server.ts starts it; the tests build this very plugin.
  */
 export default async function app (fastify: FastifyInstance, options: AppOptions): Promise<void> {
+  // First: every route registered after it gets its validator compiler.
+  await fastify.register(validationPlugin)
   await fastify.register(configPlugin, options.now === undefined ? { config: options.config } : { config: options.config, now: options.now })
   await fastify.register(errorsPlugin)
   await fastify.register(securityPlugin)
@@ -95,6 +100,7 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
   await fastify.register(liveRoutes)
   await fastify.register(adminRoutes)
   await fastify.register(demoRoutes)
+  await fastify.register(homeRoutes)
 
   fastify.addHook('onReady', async () => {
     const embedded = [
@@ -104,5 +110,6 @@ export default async function app (fastify: FastifyInstance, options: AppOptions
     if (embedded.length > 0) {
       fastify.log.info(`embedded default: ${embedded.join(' and ')}; not for production`)
     }
+    if (options.config.NODE_ENV === 'development') fastify.log.info(developmentLimits(options.config))
   })
 }

@@ -78,6 +78,7 @@ export const ConfigSchema = Type.Object({
   DATABASE_POOL_MAX: integer(10, 1, 200, 'Maximum PostgreSQL connections per instance.'),
   DATABASE_CONNECT_TIMEOUT: duration('5s', { description: 'How long to wait for a PostgreSQL connection before failing the request with 503.' }),
   DATABASE_STATEMENT_TIMEOUT: duration('15s', { description: 'PostgreSQL statement_timeout for every query.' }),
+  DATABASE_IDLE_TIMEOUT: duration('30s', { description: 'How long an idle PostgreSQL connection stays open in the pool before it is closed.' }),
   DATABASE_PREPARED_STATEMENTS: flag(true, 'Run the hot statements (sign-in, user lookups) as named prepared statements, parsed and planned once per connection. Turn off behind a pooler that does not keep one server connection per client (PgBouncer in transaction mode before 1.21).'),
   MIGRATE_ON_START: flag(true, 'Apply pending migrations from sql/ at start (under an advisory lock, so several instances may start at once).'),
 
@@ -108,10 +109,10 @@ export const ConfigSchema = Type.Object({
     accepts: 'false, true, a number of hops, or a comma-separated list of IP addresses or CIDR ranges'
   }),
   BODY_LIMIT: size('1mb', { description: 'Largest accepted request body.' }),
-  RATE_LIMIT_MAX: integer(100, 1, 1_000_000_000, 'Unauthenticated requests per IP per window on /api/* (seed 002: 100 per 15 minutes).'),
+  RATE_LIMIT_MAX: integer(100, 1, 1_000_000_000, 'Unauthenticated requests per IP per RATE_LIMIT_WINDOW on /api/* and /auth/*.'),
   RATE_LIMIT_WINDOW: duration('15m', { description: 'Window of the per-IP rate limit.' }),
   RESPONSE_ENVELOPE: oneOf(['none', 'success'], 'none',
-    'success wraps every JSON body as seed 002 does: {success, data} or {success:false, message, code}.'),
+    'success wraps every JSON answer of the API in an envelope, for clients written against that shape: {success, data} or {success:false, message, code}.'),
 
   JWT_PRIVATE_KEY: text('PEM private key that signs access tokens (production: this, JWT_PRIVATE_KEY_FILE or JWT_KEYS_DIR). Its type sets the algorithm: RSA → RS256, P-256 → ES256, Ed25519 → EdDSA.', 'a PEM-encoded private key', { secret: true }),
   JWT_PRIVATE_KEY_FILE: text('Path of a PEM private key file that signs access tokens.', 'a file path'),
@@ -120,16 +121,16 @@ export const ConfigSchema = Type.Object({
   JWT_ISSUER: url('The `iss` claim of access tokens (default PUBLIC_URL).', ['http', 'https']),
   JWT_AUDIENCE: Type.String({ default: 'gatehouse', minLength: 1, description: 'The `aud` claim of access tokens, checked on every request.', accepts: 'a non-empty string' }),
   JWT_ACCESS_TTL: duration('15m', { description: 'Lifetime of access tokens.' }),
-  JWT_REFRESH_TTL: duration('1d', { description: 'Absolute lifetime of a session without remember-me (seed 004 style values such as 7d are accepted).' }),
+  JWT_REFRESH_TTL: duration('1d', { description: 'Absolute lifetime of a session without remember-me (values such as 7d are accepted).' }),
   JWT_REFRESH_REMEMBER_TTL: duration('30d', { description: 'Absolute lifetime of a session with remember-me.' }),
   REFRESH_GRACE: duration('10s', { description: 'How long a just-rotated refresh token still yields the same successor (two tabs refreshing at once); after it, its reuse revokes the session.' }),
   SESSION_SECRET: text('Secret (at least 32 characters) that derives each refresh token from its predecessor. Default: derived from the signing key material.', 'at least 32 characters', { secret: true, pattern: '^.{32,}$' }),
 
-  PASSWORD_AUTH: oneOf(['enabled', 'disabled'], 'enabled', 'disabled answers 410 on register and login (seed 003): magic links and identity providers only.'),
+  PASSWORD_AUTH: oneOf(['enabled', 'disabled'], 'enabled', 'disabled answers 410 on register and login: magic links and identity providers only.'),
   PASSWORD_MIN_LENGTH: integer(8, 8, 128, 'Shortest accepted password (longer ones are never truncated).'),
   ALLOW_BOOTSTRAP: flag(false, 'Allows POST /api/auth/bootstrap in production (it is always allowed outside production) until an admin exists.'),
   RATE_LIMIT_AUTHENTICATED_MAX: integer(3000, 1, 1_000_000_000, 'Requests per RATE_LIMIT_WINDOW per signed-in user (authenticated traffic is counted per user, not per IP).'),
-  RATE_LIMIT_TOKEN_MAX: integer(6000, 1, 1_000_000_000, 'Requests per RATE_LIMIT_WINDOW per integration token (seed 000\'s per-key limit; automation clients call at high rates).'),
+  RATE_LIMIT_TOKEN_MAX: integer(6000, 1, 1_000_000_000, 'Requests per RATE_LIMIT_WINDOW per integration token (automation clients call at high rates).'),
   INTEGRATION_TOKEN_PREFIX: Type.String({ default: 'gtk_', pattern: '^[a-z][a-z0-9]{0,15}_$', description: 'Prefix of new integration tokens (a FlockPal deployment sets flpt_). Tokens are recognised by it.', accepts: 'lower-case letters and digits ending in _, such as gtk_' }),
   INTEGRATION_TOKEN_MAX_DAYS: integer(3650, 1, 36500, 'Longest expiresInDays accepted for an integration token.'),
   LOGIN_MAX_PER_IP: integer(30, 1, 1_000_000, 'Sign-in and registration attempts per IP per LOGIN_WINDOW.'),
@@ -141,10 +142,10 @@ export const ConfigSchema = Type.Object({
     description: 'Comma-separated origins (besides FRONTEND_URL\'s) that sign-ins may redirect to; anything else falls back to FRONTEND_URL.',
     accepts: 'a comma-separated list of origins such as https://app.example.com'
   }),
-  MAGIC_LINKS: oneOf(['enabled', 'disabled'], 'enabled', 'Sign-in by e-mail link (seed 003). In production it needs SMTP_URL.'),
+  MAGIC_LINKS: oneOf(['enabled', 'disabled'], 'enabled', 'Sign-in by e-mail link. In production it needs SMTP_URL.'),
   MAGIC_LINK_TTL: duration('10m', { description: 'How long a magic link stays valid (it works once).' }),
   MAGIC_LINK_CONFIRM: oneOf(['direct', 'page'], 'direct',
-    'direct: opening the link signs in (seed 003). page: the link opens a page whose button signs in, so mail scanners that pre-open links do not use them up.'),
+    'direct: opening the link signs in. page: the link opens a page whose button signs in, so mail scanners that pre-open links do not use them up.'),
   INVITE_TTL: duration('7d', { description: 'How long the sign-in link of a workspace invitation stays valid (it works once).' }),
   MAGIC_LINK_MAX_PER_EMAIL: integer(5, 1, 1_000_000, 'Magic links per e-mail address per LOGIN_WINDOW.'),
   SMTP_URL: url('SMTP server for outgoing mail, e.g. smtps://user:pass@smtp.example.com. Unset outside production: magic-link requests answer a previewUrl instead.', ['smtp', 'smtps'], true),
@@ -159,7 +160,7 @@ export const ConfigSchema = Type.Object({
   APPLE_ISSUER: url('Sign in with Apple\'s issuer (default https://appleid.apple.com; another value only for a proxy or a test stand-in).', ['https', 'http']),
   APPLE_PRIVATE_KEY: text('The Apple private key (PEM, P-256) that signs the client secret JWT.', 'a PEM-encoded private key', { secret: true }),
   OIDC_PROVIDERS: text('Generic OpenID Connect providers as JSON: [{"key":"authentik","displayName":"Authentik","issuer":"https://sso.example.com/application/o/app/","clientId":"…","clientSecret":"…"}]. A key of google or microsoft overrides the built-in one.', 'a JSON array of providers', { secret: true }),
-  OIDC_DEFAULT_PROVIDER: text('The provider whose codes POST /api/auth/callback exchanges (seed 002). Default: the first of OIDC_PROVIDERS.', 'a provider key'),
+  OIDC_DEFAULT_PROVIDER: text('The provider whose codes POST /api/auth/callback exchanges (a SPA that ran the OIDC flow itself posts the code). Default: the first of OIDC_PROVIDERS.', 'a provider key'),
   SMTP_FROM: Type.String({ default: 'Gatehouse <no-reply@localhost>', minLength: 3, maxLength: 200, pattern: '^[^\\r\\n]+$', description: 'From address of outgoing mail.', accepts: 'an address such as Gatehouse <no-reply@example.com>' }),
 
   S3_ENDPOINT: url('S3-compatible endpoint for images (R2: https://<account>.r2.cloudflarestorage.com). Unset: the image routes answer 503.', ['http', 'https']),
@@ -175,6 +176,47 @@ export const ConfigSchema = Type.Object({
 export type Config = StaticDecode<typeof ConfigSchema>
 export type ConfigKey = keyof typeof ConfigSchema.properties
 
+/*
+ * Development is for trying things (SPEC decision 14): where one of these variables is not
+ * set, NODE_ENV=development uses this value instead of the schema's default (the seeds'
+ * values, which production and test keep). A variable that is set wins in every mode.
+ * In development everything comes from one machine, so every curl loop, browser tab and
+ * script shares one IP's budget: the values are far above what a person trying the API
+ * does, yet finite, so that a client stuck in a loop still meets a 429 and lowering one
+ * (say LOGIN_MAX_PER_ACCOUNT=3) still shows a limit at work.
+ */
+export const DEVELOPMENT_DEFAULTS = {
+  // About 11 requests a second for 15 minutes, against the seed's 100 per 15 minutes.
+  RATE_LIMIT_MAX: 10_000,
+  // Registering test accounts in a loop from 127.0.0.1.
+  LOGIN_MAX_PER_IP: 1_000,
+  // Enough wrong passwords on one account to try things, still a lock-out to see.
+  LOGIN_MAX_PER_ACCOUNT: 100,
+  // Preview links (no SMTP in development) asked again and again for the same address.
+  MAGIC_LINK_MAX_PER_EMAIL: 100,
+  // A page that refreshes on every hot reload.
+  REFRESH_MAX_PER_SESSION: 10_000
+} as const satisfies Partial<Record<ConfigKey, number>>
+
+/** `900000` → `15 minutes`, `60000` → `minute` (after "per"). */
+function spellWindow (ms: number): string {
+  const units = [['day', 86_400_000], ['hour', 3_600_000], ['minute', 60_000], ['second', 1000]] as const
+  for (const [unit, size] of units) {
+    if (ms % size === 0) return ms === size ? unit : `${ms / size} ${unit}s`
+  }
+  return `${ms} ms`
+}
+
+/** The start-up line of development: the limits in force, and what production keeps. */
+export function developmentLimits (config: Config): string {
+  const api = spellWindow(config.RATE_LIMIT_WINDOW)
+  const login = spellWindow(config.LOGIN_WINDOW)
+  const seed = `${String(describeVariable('RATE_LIMIT_MAX').default)} requests per ${spellWindow(parseDuration(String(describeVariable('RATE_LIMIT_WINDOW').default)))}`
+  return `development limits: ${config.RATE_LIMIT_MAX} requests per ${api} per IP on /api/*, ` +
+    `${config.LOGIN_MAX_PER_IP} sign-ins per IP, ${config.LOGIN_MAX_PER_ACCOUNT} per account and ${config.MAGIC_LINK_MAX_PER_EMAIL} magic links per address per ${login}, ` +
+    `${config.REFRESH_MAX_PER_SESSION} refreshes per session per ${api}; production keeps ${seed} per IP`
+}
+
 export class ConfigError extends Error {
   constructor (readonly problems: string[]) {
     super(`Invalid configuration:\n${problems.map(problem => `  - ${problem}`).join('\n')}`)
@@ -182,9 +224,11 @@ export class ConfigError extends Error {
   }
 }
 
-interface Documented { description?: string, accepts?: string, secret?: boolean, default?: unknown }
+interface Documented { description?: string, accepts?: string, secret?: boolean, default?: unknown, developmentDefault?: unknown }
 export function describeVariable (key: ConfigKey): Documented {
-  return ConfigSchema.properties[key] as unknown as Documented
+  const developmentDefault = (DEVELOPMENT_DEFAULTS as Partial<Record<ConfigKey, number>>)[key]
+  const doc = ConfigSchema.properties[key] as unknown as Documented
+  return developmentDefault === undefined ? doc : { ...doc, developmentDefault }
 }
 
 function describeProblem (key: string, raw: unknown): string {
@@ -203,7 +247,10 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     const value = env[key]
     if (value !== undefined && value !== '') raw[key] = value
   }
-  const input = Value.Convert(ConfigSchema, Value.Default(ConfigSchema, structuredClone(raw))) as Record<string, unknown>
+  // Development's own defaults first, then the schema's for whatever is still unset.
+  const development = (raw.NODE_ENV ?? 'development') === 'development'
+  const withDefaults = Value.Default(ConfigSchema, { ...(development ? DEVELOPMENT_DEFAULTS : {}), ...raw })
+  const input = Value.Convert(ConfigSchema, withDefaults) as Record<string, unknown>
 
   // Checked one variable at a time so that every bad variable is named, not only the first few.
   const problems: string[] = []
@@ -291,6 +338,21 @@ export const isProduction = (config: Config): boolean => config.NODE_ENV === 'pr
 /** PUBLIC_URL without a trailing slash, defaulting to the local listen address. */
 export function publicUrl (config: Config): string {
   return (config.PUBLIC_URL ?? `http://localhost:${config.PORT}`).replace(/\/+$/, '')
+}
+
+const LOOPBACK_HOSTS = ['localhost', '127.0.0.1', '[::1]']
+
+/**
+ * The origins of this server's own pages, for every check of an Origin header: PUBLIC_URL's.
+ * In development, when PUBLIC_URL is a loopback address, also the same scheme and port under
+ * each loopback name: the server listens on 127.0.0.1 while PUBLIC_URL defaults to
+ * localhost, and a browser may be at either. Production and test keep PUBLIC_URL's only.
+ */
+export function serverOrigins (config: Config): string[] {
+  const url = new URL(publicUrl(config))
+  if (config.NODE_ENV !== 'development' || !LOOPBACK_HOSTS.includes(url.hostname)) return [url.origin]
+  const port = url.port === '' ? '' : `:${url.port}`
+  return [url.origin, ...LOOPBACK_HOSTS.map(host => `${url.protocol}//${host}${port}`).filter(origin => origin !== url.origin)]
 }
 
 /** Fastify's trustProxy option from TRUST_PROXY. */

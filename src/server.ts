@@ -3,7 +3,8 @@ import closeWithGrace from 'close-with-grace'
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app, { serverOptions } from './app.js'
-import { ConfigError, loadConfig, type Config } from './config.js'
+import { ConfigError, loadConfig, publicUrl, type Config } from './config.js'
+import { StartupError } from './lib/startup-error.js'
 
 // A .env file in the working directory is read when present; the environment wins over it.
 if (existsSync('.env')) process.loadEnvFile('.env')
@@ -37,6 +38,21 @@ closeWithGrace({ delay: config.SHUTDOWN_DRAIN + 10_000 }, async ({ signal, err }
 try {
   await server.listen({ host: config.HOST, port: config.PORT })
 } catch (error) {
-  server.log.fatal({ err: error }, 'Gatehouse failed to start')
+  const reason = startupProblem(error, config)
+  if (reason === undefined) server.log.fatal({ err: error }, 'Gatehouse failed to start')
+  else console.error(`Gatehouse cannot start: ${reason}`)
+  // The exit handlers remove what the start made (the embedded database's socket folder).
   process.exit(1)
+}
+// Fastify's lines name the sockets; this one names the URL to open (cookies and origin checks go by it).
+const base = publicUrl(config)
+server.log.info(`Gatehouse is ready at ${base} — API docs ${base}/docs, demo ${base}/demo`)
+
+/** A reason the operator can act on, said in one line; undefined for a failure that needs its stack. */
+function startupProblem (error: unknown, config: Config): string | undefined {
+  if (error instanceof StartupError) return error.message
+  if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+    return `port ${config.PORT} on ${config.HOST} is already in use (another Gatehouse?). Stop that process or set PORT.`
+  }
+  return undefined
 }

@@ -1,5 +1,5 @@
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -12,7 +12,7 @@ import app, { serverOptions } from '../src/app.js'
 import { loadConfig, type Config } from '../src/config.js'
 import { startEmbeddedPostgres } from '../src/db/embedded.js'
 import { migrate, readMigrations } from '../src/db/migrate.js'
-import { migrationsDir } from '../src/paths.js'
+import { migrationsDir, projectRoot } from '../src/paths.js'
 
 /*
  * Every test file runs against its own database (a clone of a migrated template database)
@@ -28,6 +28,20 @@ export interface TestContext { teardown: (fn: () => unknown) => void }
 export const pgAdminUrl = process.env.GH_TEST_PG_ADMIN_URL === '' ? undefined : process.env.GH_TEST_PG_ADMIN_URL
 export const redisUrl = process.env.GH_TEST_REDIS_URL === '' ? undefined : process.env.GH_TEST_REDIS_URL
 export const embedded = pgAdminUrl === undefined
+
+/**
+ * Why a test of two instances cannot run here, or false. Instances share sessions, revocations
+ * and events only through Redis, and a database only through a PostgreSQL server (PGlite serves
+ * one connection): the embedded default is one instance by design.
+ */
+/** Why a test of production mode cannot run here, or false: production refuses to start without Redis. */
+export const productionSkip: string | false = redisUrl === undefined
+  ? 'needs a Redis server: NODE_ENV=production refuses to start on the in-process store'
+  : false
+
+export const twoInstancesSkip: string | false = embedded || redisUrl === undefined
+  ? 'needs PostgreSQL and Redis servers: two instances share a database and sessions only through them (the embedded default is one instance)'
+  : false
 
 export function databaseUrl (adminUrl: string, database: string): string {
   const url = new URL(adminUrl)
@@ -45,11 +59,44 @@ async function withAdmin<T> (fn: (client: pg.Client) => Promise<T>): Promise<T> 
   }
 }
 
+/** A digest of the migrations: a change of any of them makes new templates. */
+async function migrationsDigest (): Promise<string> {
+  const migrations = await readMigrations(migrationsDir)
+  return createHash('sha256').update(migrations.map(m => m.checksum).join(',')).digest('hex').slice(0, 12)
+}
+
+/**
+ * The embedded default's template: a migrated PGlite data directory, dumped once per machine
+ * (a file in the temp folder, shared by the test processes) and loaded by every test. Loading
+ * it takes about a second; creating and migrating a database, four to seven.
+ */
+let embeddedTemplateBlob: Promise<Blob> | undefined
+async function embeddedTemplate (): Promise<Blob> {
+  embeddedTemplateBlob ??= (async () => {
+    // Named after the migrations and the PGlite release, whose data directories it holds.
+    const pglite = JSON.parse(await readFile(join(projectRoot, 'node_modules/@electric-sql/pglite/package.json'), 'utf8')) as { version: string }
+    const file = join(tmpdir(), `gh-pglite-template-${pglite.version}-${await migrationsDigest()}.tar`)
+    const saved = await readFile(file).catch(() => undefined)
+    if (saved !== undefined) return new Blob([saved])
+    const database = await startEmbeddedPostgres()
+    try {
+      await migrate(database.connectionString, migrationsDir)
+      const dump = await database.dump()
+      // Written aside and renamed, so that a parallel process never reads half a file.
+      const partial = `${file}.${process.pid}.tmp`
+      await writeFile(partial, Buffer.from(await dump.arrayBuffer()))
+      await rename(partial, file)
+      return dump
+    } finally {
+      await database.close()
+    }
+  })()
+  return await embeddedTemplateBlob
+}
+
 /** The migrated template database, named after the migrations so that a change makes a new one. */
 async function templateDatabase (): Promise<string> {
-  const migrations = await readMigrations(migrationsDir)
-  const digest = createHash('sha256').update(migrations.map(m => m.checksum).join(',')).digest('hex').slice(0, 12)
-  const name = `gh_template_${digest}`
+  const name = `gh_template_${await migrationsDigest()}`
   await withAdmin(async admin => {
     await admin.query('SELECT pg_advisory_lock(hashtext($1))', ['gatehouse:test-template'])
     try {
@@ -77,9 +124,8 @@ async function templateDatabase (): Promise<string> {
 export async function testDatabase (t: TestContext, options: { migrated?: boolean } = {}): Promise<string> {
   const migrated = options.migrated ?? true
   if (embedded) {
-    const database = await startEmbeddedPostgres()
+    const database = await startEmbeddedPostgres({ loadDataDir: migrated ? await embeddedTemplate() : undefined })
     t.teardown(async () => { await database.close() })
-    if (migrated) await migrate(database.connectionString, migrationsDir)
     return database.connectionString
   }
   const name = `gh_test_${process.pid}_${randomBytes(4).toString('hex')}`

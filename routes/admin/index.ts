@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { errors } from '../../src/errors.js'
 import { audit, publicUser, PublicUser, USER_COLUMNS } from '../../src/auth/users.js'
-import { errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
+import { errorResponses, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
 
 const AuditEvent = Type.Object({
   id: Type.Integer(),
@@ -56,7 +56,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['admin'],
       summary: 'Activate or deactivate a user, or change the global role; deactivation ends the user\'s sessions at once',
       security: [{ bearer: [] }],
-      params: Type.Object({ id: Uuid }),
+      params: Type.Object({ id: PathId }),
       body: Type.Object({
         isActive: Type.Optional(Type.Boolean()),
         role: Type.Optional(Type.Enum(['ADMIN', 'MEMBER']))
@@ -67,6 +67,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const { isActive, role } = request.body
     // Unknown fields are dropped before this point: a body of nothing but them changes nothing.
     if (isActive === undefined && role === undefined) throw errors.invalidPayload('user update', { body: 'must set isActive or role' })
+    if (!UUID_PATTERN.test(request.params.id)) throw errors.notFound('user')
     const origin = fastify.originOf(request)
     const { before, after } = await db.transaction().execute(async trx => {
       // Admin changes are serialized, so two admins cannot demote each other at once.

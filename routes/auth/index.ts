@@ -8,7 +8,7 @@ import { hashPassword, passwordProblem, preparePasswords, verifyPassword } from 
 import { emailKey, signInThrottle, throttle } from '../../src/auth/throttle.js'
 import { sessionIdOf } from '../../src/auth/refresh-tokens.js'
 import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
-import { Email, errorResponses, Timestamp, Uuid } from '../../src/schemas/common.js'
+import { Email, errorResponses, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
 import { defaultWorkspaceQuery, workspaceForSignIn } from '../../src/tenancy/workspaces.js'
 import { prepared } from '../../src/db/index.js'
 import { REFRESH_COOKIE, type IssuedSession } from '../../plugins/auth.js'
@@ -315,7 +315,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     })
 
     signedIn.get('/api/user/me', {
-      config: { envelope: 'seed002' },
+      config: { envelope: 'seed002', unauthorized: 'seed002' },
       schema: {
         tags: ['auth'],
         summary: 'The signed-in user in seed 002\'s envelope',
@@ -357,10 +357,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         tags: ['sessions'],
         summary: 'End one of the signed-in user\'s sessions (another user\'s is 404)',
         security: [{ bearer: [] }],
-        params: Type.Object({ id: Uuid }),
-        response: { 200: Message, ...errorResponses(400, 401, 403, 404) }
+        params: Type.Object({ id: PathId }),
+        response: { 200: Message, ...errorResponses(401, 403, 404) }
       }
     }, async (request, reply) => {
+      if (!UUID_PATTERN.test(request.params.id)) throw errors.notFound('session')
       const row = await db.selectFrom('sessions').select('id')
         .where('id', '=', request.params.id).where('user_id', '=', request.user!.id).where('revoked_at', 'is', null)
         .executeTakeFirst()

@@ -4,7 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { HelmetOptions } from 'helmet'
 import { Type } from 'typebox'
 import { DOCUMENT_HELMET } from '../../plugins/security.js'
-import { isProduction, publicUrl } from '../../src/config.js'
+import { isProduction, publicUrl, serverOrigins } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { cleanName, escapeHtml, issueMagicLink, linkKey, type PendingLink } from '../../src/auth/magic-links.js'
 import { redirectPolicy } from '../../src/auth/redirects.js'
@@ -43,7 +43,7 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const base = publicUrl(config)
   const preview = !fastify.mailer.delivers && !isProduction(config)
   const safeRedirect = redirectPolicy(config)
-  const publicOrigin = new URL(base).origin
+  const ownOrigins = new Set(serverOrigins(config))
 
   fastify.post('/api/auth/magic-link/request', {
     config: { payload: 'magic link' },
@@ -152,7 +152,7 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }, async (request, reply) => {
       // Only our own page may post here (no sign-in CSRF).
-      if (request.headers.origin !== publicOrigin) throw errors.forbidden('Requests must come from this server\'s page', 'ORIGIN_NOT_ALLOWED')
+      if (!ownOrigins.has(request.headers.origin ?? '')) throw errors.originNotAllowed()
       return await consume(request, reply, request.body.token)
     })
   })

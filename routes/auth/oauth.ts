@@ -84,13 +84,17 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     expiresIn: 86_400_000
   })({})
 
+  const unavailable = (provider: Provider) => errors.unavailable(`${provider.displayName} sign-in is unavailable right now`, 'PROVIDER_UNAVAILABLE')
   /** The provider's discovered configuration, fetched once (again after a failure, and daily for Apple's secret). */
   const configurationOf = async (provider: Provider): Promise<oidc.Configuration> => {
     const cached = discovered.get(provider.key)
     if (cached !== undefined && (provider.apple === undefined || Date.now() - cached.at < 12 * 3_600_000)) return await cached.configuration
     const issuer = new URL(provider.issuer)
     const insecure = issuer.protocol === 'http:'
-    if (insecure && production) throw errors.unavailable(`The ${provider.displayName} issuer must use https`, 'PROVIDER_UNAVAILABLE')
+    if (insecure && production) {
+      fastify.log.warn({ provider: provider.key }, 'the provider\'s issuer must use https in production')
+      throw unavailable(provider)
+    }
     const secret = provider.apple === undefined ? provider.clientSecret : appleSecret(provider)
     // enableNonRepudiationChecks: the id_token's signature is verified against the provider's
     // JWKS even though it came straight from the token endpoint (openid-client skips it by default).
@@ -102,7 +106,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       return await configuration
     } catch (error) {
       fastify.log.warn({ err: error, provider: provider.key }, 'OpenID Connect discovery failed')
-      throw errors.unavailable(`${provider.displayName} sign-in is unavailable right now`, 'PROVIDER_UNAVAILABLE')
+      throw unavailable(provider)
     }
   }
 
@@ -245,7 +249,8 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   // --- routes --------------------------------------------------------------------------
-  const Key = Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,39}$' })
+  // Unchecked by the schema: a provider key that is not configured, malformed or not, is 404 (providerOf).
+  const Key = Type.String({ description: 'google, microsoft, apple or a key of OIDC_PROVIDERS' })
   const redirectAnswer = { 302: Type.Null({ description: 'To the provider, or signed in: to the frontend' }) }
 
   fastify.get('/api/auth/providers', {
@@ -366,7 +371,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const { code, codeVerifier, redirectUri, nonce, iss } = request.body
     if (code === undefined || code === '') throw errors.badRequest('Authorization code is required', 'CODE_REQUIRED')
     const key = registry.defaultKey
-    if (key === undefined) throw errors.badRequest('No OpenID Connect provider is configured', 'PROVIDER_NOT_CONFIGURED')
+    if (key === undefined) throw errors.badRequest('The OpenID Connect provider is not configured', 'PROVIDER_NOT_CONFIGURED')
     const provider = providerOf(key)
     const target = redirectUri ?? safeRedirect(undefined)
     if (safeRedirect(target) !== new URL(target, base).toString()) throw errors.badRequest('redirectUri is not allowed', 'REDIRECT_NOT_ALLOWED')

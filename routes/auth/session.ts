@@ -8,6 +8,7 @@ import { audit, publicUser, PublicUser } from '../../src/auth/users.js'
 import { errorResponses } from '../../src/schemas/common.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
 import { namedWorkspace } from '../../plugins/tenancy.js'
+import { UNAUTHORIZED_MESSAGES } from '../../plugins/auth.js'
 import { Member, memberJson, Membership, Workspace, WorkspaceId, workspaceJson } from '../../src/tenancy/workspaces.js'
 
 const Provider = Type.Object({ providerKey: Type.String(), displayName: Type.String(), enabled: Type.Boolean() })
@@ -82,6 +83,8 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const user = request.user!
     if (await memberships.get(workspaceId, user.id) === null) throw errors.forbidden(MESSAGES.forbidden, 'NOT_A_MEMBER')
     const issued = await sessions.switchWorkspace(request.auth!.sessionId!, user, workspaceId)
+    // The session ended while this request was on its way.
+    if (issued === null) throw errors.unauthorized(UNAUTHORIZED_MESSAGES.seed003.invalid, 'TOKEN_INVALID')
     fastify.setAccessCookie(reply, issued.accessToken)
     const origin = fastify.originOf(request)
     await audit(db, { action: 'session.workspace_switched', actorUserId: user.id, subjectType: 'session', subjectId: request.auth!.sessionId ?? undefined, ip: origin.ip, userAgent: origin.userAgent, details: { workspaceId } })

@@ -5,10 +5,10 @@ import {
   Bird, BirdInput, birdJson, birdsQuery, BirdUpdate, checkFields, DEFAULT_CHART_COLOR, orNull, VetVisit, VetVisitInput, vetVisitJson,
   tagTaken, violates, Weight, WeightInput, weightJson, type BirdRow
 } from '../../src/birds/birds.js'
-import { errorResponses, UUID_PATTERN } from '../../src/schemas/common.js'
+import { errorResponses, PathId, UUID_PATTERN } from '../../src/schemas/common.js'
 
 const security: Array<Record<string, string[]>> = [{ bearer: [] }, { integrationToken: [] }]
-const BirdParams = Type.Object({ birdId: Type.String({ maxLength: 64 }) })
+const BirdParams = Type.Object({ birdId: PathId })
 const BirdAnswer = Type.Object({ bird: Bird })
 
 const encodeCursor = (row: BirdRow): string => Buffer.from(JSON.stringify([new Date(row.created_at).toISOString(), row.id])).toString('base64url')
@@ -112,10 +112,11 @@ const birdRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: BirdAnswer, ...errorResponses(400, 401, 403, 404, 409) }
     }
   }, async (request) => {
-    const { birdId } = request.params
-    if (!UUID_PATTERN.test(birdId)) throw errors.notFound('bird')
     const body = request.body
     checkFields('bird', body, ['dateOfBirth', 'gotchaDay'])
+    // After every check of the body: a malformed id answers what an unknown one does.
+    const { birdId } = request.params
+    if (!UUID_PATTERN.test(birdId)) throw errors.notFound('bird')
     const changes = {
       ...(body.name === undefined ? {} : { name: body.name.trim() }),
       ...(body.tagId === undefined ? {} : { tag_id: orNull(body.tagId) }),

@@ -4,7 +4,7 @@ import { Type } from 'typebox'
 import type { IntegrationTokensTable } from '../../src/db/types.js'
 import { errors } from '../../src/errors.js'
 import { audit } from '../../src/auth/users.js'
-import { errorResponses, Nullable, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
+import { errorResponses, Nullable, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
 import { WorkspaceId } from '../../src/tenancy/workspaces.js'
 
 const SCOPES = ['read_only', 'read_write'] as const
@@ -125,7 +125,7 @@ const integrationTokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['integration tokens'],
       summary: 'Revoke one of the caller\'s tokens in the active workspace, at once on every instance (seed 003)',
       security: [{ bearer: [] }],
-      params: Type.Object({ tokenId: Type.String({ maxLength: 64 }) }),
+      params: Type.Object({ tokenId: PathId }),
       response: { 204: Type.Null(), ...errorResponses(400, 401, 403, 404) }
     }
   }, async (request, reply) => {

@@ -8,7 +8,7 @@ import { cleanName, escapeHtml, issueMagicLink } from '../../src/auth/magic-link
 import { emailKey, throttle } from '../../src/auth/throttle.js'
 import { audit, normalizeEmail } from '../../src/auth/users.js'
 import { Bird, birdJson, birdsQuery, orNull, tagTaken, violates } from '../../src/birds/birds.js'
-import { Email, errorResponses, Nullable, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
+import { Email, errorResponses, Nullable, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
 import { WorkspaceId } from '../../src/tenancy/workspaces.js'
 
 const security: Array<Record<string, string[]>> = [{ bearer: [] }, { integrationToken: [] }]
@@ -26,7 +26,7 @@ const Transfer = Type.Object({
 }, { title: 'Transfer' })
 
 const DraftBody = Type.Object({
-  birdId: Type.String({ maxLength: 64 }),
+  birdId: Uuid,
   destinationOwnerEmail: Email,
   notes: Type.Optional(Nullable(Type.String({ maxLength: 2000 })))
 }, { additionalProperties: false })
@@ -79,7 +79,6 @@ const transferRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const { workspaceId } = request.access!
     const { birdId } = request.body
-    if (!UUID_PATTERN.test(birdId)) throw errors.notFound('bird')
     const email = normalizeEmail(request.body.destinationOwnerEmail)
     const bird = await birdsQuery(db, workspaceId).where('b.id', '=', birdId).executeTakeFirst()
     if (bird === undefined) throw errors.notFound('bird')
@@ -160,7 +159,7 @@ const transferRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'Accept a transfer offered to the caller: the bird moves, with its weights and vet visits, into the active workspace',
       description: '404 unless the transfer is open and offered to the caller\'s verified address; 409 when the bird has left its workspace or its tagId is taken here.',
       security,
-      params: Type.Object({ transferId: Type.String({ maxLength: 64 }) }),
+      params: Type.Object({ transferId: PathId }),
       response: { 200: Type.Object({ transfer: Transfer, bird: Bird }), ...errorResponses(401, 403, 404, 409) }
     }
   }, async (request) => {

@@ -8,7 +8,7 @@ import { errors } from '../../src/errors.js'
 import { cleanName, escapeHtml, issueMagicLink } from '../../src/auth/magic-links.js'
 import { emailKey, throttle } from '../../src/auth/throttle.js'
 import { audit, normalizeEmail } from '../../src/auth/users.js'
-import { Email, errorResponses, UUID_PATTERN } from '../../src/schemas/common.js'
+import { Email, errorResponses, PathId, UUID_PATTERN } from '../../src/schemas/common.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
 import {
   BILLING_PLANS, createWorkspace, Member, memberJson, Membership, membershipsOf, MEMBER_ROLES, planFor,
@@ -272,7 +272,7 @@ const workspaceRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'Remove a member who is not an owner, or withdraw an invitation (owner or manager; seed 003)',
       description: '404 when the member is not in the active workspace or is an owner (an owner may withdraw an owner invitation not yet accepted). The member\'s integration tokens for the workspace are revoked with it.',
       security,
-      params: Type.Object({ memberId: Type.String({ maxLength: 64 }) }),
+      params: Type.Object({ memberId: PathId }),
       response: { 204: Type.Null(), ...errorResponses(401, 403, 404) }
     }
   }, async (request, reply) => {

@@ -5,7 +5,7 @@ import { Type } from 'typebox'
 import type { WebSocket } from 'ws'
 import { errors } from '../../src/errors.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
-import { ACCESS_COOKIE } from '../../plugins/auth.js'
+import { ACCESS_COOKIE, UNAUTHORIZED_MESSAGES } from '../../plugins/auth.js'
 import type { AccessTokenClaims } from '../../plugins/keys.js'
 
 /** Close codes (4000–4999 are the application's): the client should refresh and reconnect, or give up. */
@@ -58,12 +58,14 @@ const liveRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     fastify.checkCookieRequest(request)
     const header = request.headers.cookie
     const token = header === undefined ? undefined : fastify.parseCookie(header)[ACCESS_COOKIE]
-    if (token === undefined || token === '') throw errors.unauthorized(MESSAGES.authRequired, 'TOKEN_REQUIRED')
-    const claims = await keys.verifyAccessToken(token).catch(() => { throw errors.unauthorized(MESSAGES.authRequired, 'TOKEN_INVALID') })
+    // Seed 001's route: no seed prescribes its texts, so they are the default ones.
+    const texts = UNAUTHORIZED_MESSAGES.default
+    if (token === undefined || token === '') throw errors.unauthorized(texts.required, 'TOKEN_REQUIRED')
+    const claims = await keys.verifyAccessToken(token).catch(() => { throw errors.unauthorized(texts.invalid, 'TOKEN_INVALID') })
     const user = await users.get(claims.sub)
     // A deactivated user's sessions are revoked too; they are told why, as on every route.
     if (user !== undefined && !user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
-    if (user === undefined || sessions.isRevoked(claims.sid)) throw errors.unauthorized(MESSAGES.authRequired, 'TOKEN_INVALID')
+    if (user === undefined || sessions.isRevoked(claims.sid)) throw errors.unauthorized(texts.invalid, 'TOKEN_INVALID')
     const workspaceId = request.query.workspaceId ?? claims.wid
     if (workspaceId === undefined || await memberships.get(workspaceId, user.id) === null) throw errors.forbidden(MESSAGES.forbidden, 'NOT_A_MEMBER')
     request.live = { claims, workspaceId }

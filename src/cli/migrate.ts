@@ -1,9 +1,9 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { lockDataDir } from '../../plugins/db.js'
 import { ConfigError, loadConfig } from '../config.js'
-import { startEmbeddedPostgres } from '../db/embedded.js'
+import { openEmbeddedPostgres } from '../db/embedded.js'
 import { migrate, MigrationError } from '../db/migrate.js'
+import { StartupError } from '../lib/startup-error.js'
 import { fromRoot, migrationsDir } from '../paths.js'
 
 /*
@@ -18,10 +18,9 @@ try {
   let close = async (): Promise<void> => {}
   if (connectionString === undefined) {
     const dataDir = join(fromRoot(config.DATA_DIR), 'pglite')
-    const release = await lockDataDir(dataDir)
-    const embedded = await startEmbeddedPostgres(dataDir)
+    const embedded = await openEmbeddedPostgres(dataDir)
     connectionString = embedded.connectionString
-    close = async () => { await embedded.close(); await release() }
+    close = async () => { await embedded.close() }
   }
   try {
     const { applied, current } = await migrate(connectionString, migrationsDir)
@@ -30,7 +29,7 @@ try {
     await close()
   }
 } catch (error) {
-  if (!(error instanceof ConfigError || error instanceof MigrationError)) throw error
+  if (!(error instanceof ConfigError || error instanceof MigrationError || error instanceof StartupError)) throw error
   console.error(error.message)
   process.exitCode = 1
 }

@@ -24,6 +24,14 @@ export interface PoolSettings {
   statementTimeoutMs: number
   /** Run the statements `prepared` marks as named prepared statements (DATABASE_PREPARED_STATEMENTS). */
   preparedStatements?: boolean
+  /** How long an idle connection stays in the pool (DATABASE_IDLE_TIMEOUT). */
+  idleTimeoutMs?: number
+  /**
+   * The server keeps one session for every connection (embedded PGlite: one backend behind
+   * the socket), so a new connection finds the prepared statements of the one before it:
+   * each new connection starts by dropping them.
+   */
+  sharedSession?: boolean
   onError?: (error: Error) => void
 }
 
@@ -44,6 +52,13 @@ const preparedNames = new Map<string, string>()
 const isStaleResultType = (error: unknown): boolean =>
   (error as { code?: unknown }).code === '0A000' && /cached plan must not change result type/.test(String((error as Error).message))
 
+/**
+ * PostgreSQL's answer to preparing a name the session already has (42P05): a server session
+ * that outlived the connection which prepared it (embedded PGlite's one backend, or a pooler
+ * that hands one server connection to several clients).
+ */
+const isAlreadyPrepared = (error: unknown): boolean => (error as { code?: unknown }).code === '42P05'
+
 /** pg's client, running the texts `prepared` marked as named statements. */
 class PreparingClient extends pg.Client {
   // pg's overloads (config object, text and values, callbacks) pass through unchanged.
@@ -57,17 +72,17 @@ class PreparingClient extends pg.Client {
   }
 
   /**
-   * A migration of another instance changed the type of a column the statement returns:
-   * PostgreSQL refuses to run the statement before it has done anything, so it is dropped
-   * on this connection, prepared again and run once more (outside a transaction), instead
-   * of failing once on every connection.
+   * Two refusals that come before the statement has done anything, so that it is dropped on
+   * this connection, prepared again and run once more (outside a transaction) instead of
+   * failing: a migration of another instance changed the type of a column the statement
+   * returns, or the server session already holds the name from an earlier connection.
    */
   private async named (name: string, text: string, values: unknown[] | undefined): Promise<pg.QueryResult> {
     try {
       return await super.query({ name, text, values })
     } catch (error) {
       // Inside a transaction the refusal has aborted it: nothing can run again there.
-      if (!isStaleResultType(error) || this.getTransactionStatus() !== 'I') throw error
+      if (!(isStaleResultType(error) || isAlreadyPrepared(error)) || this.getTransactionStatus() !== 'I') throw error
       // pg's record of what this connection has prepared (no public way to forget one).
       const connection = (this as unknown as { connection: { parsedStatements: Record<string, string> } }).connection
       delete connection.parsedStatements[name]
@@ -96,7 +111,7 @@ export function createPool (settings: PoolSettings): pg.Pool {
     connectionString: settings.connectionString,
     max: settings.max,
     connectionTimeoutMillis: settings.connectTimeoutMs,
-    idleTimeoutMillis: 30_000,
+    idleTimeoutMillis: settings.idleTimeoutMs ?? 30_000,
     statement_timeout: settings.statementTimeoutMs,
     application_name: 'gatehouse',
     types: typeParsers,
@@ -108,6 +123,8 @@ export function createPool (settings: PoolSettings): pg.Pool {
   // query in flight fails on its own, and the event must not become an uncaught exception.
   pool.on('connect', client => {
     client.on('error', error => settings.onError?.(error))
+    // Queued before the pool hands the client out, so it runs before anything else on it.
+    if (settings.sharedSession === true) client.query('DEALLOCATE ALL').catch(error => settings.onError?.(error as Error))
   })
   return pool
 }

@@ -13,9 +13,17 @@ export function errorResponses (...statuses: number[]): Record<number, typeof Er
   return Object.fromEntries(statuses.map(status => [status, ErrorBody]))
 }
 
+/** A uuid in a body or query string: a malformed one is a 400 naming the field. */
 export const Uuid = Type.String({ format: 'uuid' })
-/** For path ids checked by hand: a malformed id is simply not found (404), like another workspace's. */
+/** The uuids PostgreSQL's uuid type takes (plugins/validation.ts gives the `uuid` format this meaning). */
 export const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+/**
+ * An id in the URL path, deliberately left unchecked by the schema: a URL with a malformed id
+ * names no resource, so it answers exactly what a well-formed unknown id answers (404 with the
+ * route's not-found body, as another workspace's id does), never a 400. The handler checks it
+ * with UUID_PATTERN before it reaches a query.
+ */
+export const PathId = Type.String({ description: 'A uuid; anything else is not found (404)' })
 export const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
 export const Email = Type.String({ format: 'email', maxLength: 254 })
 export const IsoDate = Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}$', description: 'YYYY-MM-DD' })

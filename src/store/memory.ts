@@ -8,10 +8,12 @@ import type { Counter, MessageHandler, Revocation, RotationResult, SessionState,
  * each method is atomic the way a Lua script is atomic in Redis. Publish/subscribe reaches
  * only this process: the embedded default is a single instance by design.
  * With `snapshotFile`, unexpired entries are written on close and read back at start, so
- * that a restarted development server keeps its sessions.
+ * that a restarted development server keeps its sessions — but not its counters (rate
+ * limits, sign-in throttles): a restart is how a developer starts over.
  */
 
-interface Entry { value: string, expiresAt: number }
+/** `counter`: made by `increment`, left out of the snapshot. */
+interface Entry { value: string, expiresAt: number, counter?: true }
 
 /** A session as the in-process store keeps it (JSON in an entry, so snapshots keep it too). */
 interface StoredSession extends SessionState {
@@ -99,7 +101,7 @@ export class MemoryStore implements Store {
   async increment (key: string, windowMs: number, by = 1): Promise<Counter> {
     const entry = this.live(key)
     if (entry === undefined) {
-      this.entries.set(this.prefix + key, { value: String(by), expiresAt: this.now() + windowMs })
+      this.entries.set(this.prefix + key, { value: String(by), expiresAt: this.now() + windowMs, counter: true })
       return { count: by, ttlMs: windowMs }
     }
     const count = Number(entry.value) + by
@@ -209,7 +211,7 @@ export class MemoryStore implements Store {
 
   private async save (file: string): Promise<void> {
     this.sweep()
-    const rows = [...this.entries].map(([key, entry]) =>
+    const rows = [...this.entries].filter(([, entry]) => entry.counter !== true).map(([key, entry]) =>
       [key, entry.value, Number.isFinite(entry.expiresAt) ? entry.expiresAt : null])
     await mkdir(dirname(file), { recursive: true, mode: 0o700 })
     const temporary = `${file}.${process.pid}.tmp`

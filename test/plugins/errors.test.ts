@@ -76,7 +76,7 @@ t.test('prototype poisoning is refused with 400', async t => {
   for (const payload of ['{"name":"Kiwi","weightGrams":1,"__proto__":{"isAdmin":true}}', '{"name":"Kiwi","weightGrams":1,"constructor":{"prototype":{"isAdmin":true}}}']) {
     const response = await server.inject({ method: 'POST', url: '/api/test/birds', payload, headers: { 'content-type': 'application/json' } })
     t.equal(response.statusCode, 400)
-    t.same(response.json(), { error: 'Request body contains a forbidden property (__proto__ or constructor.prototype)', code: 'INVALID_JSON' })
+    t.same(response.json(), { error: 'Request body contains a forbidden property (__proto__ or constructor.prototype)', code: 'FORBIDDEN_PROPERTY' })
   }
   t.equal(({} as Record<string, unknown>).isAdmin, undefined, 'Object.prototype untouched')
 })
@@ -85,7 +85,7 @@ t.test('an empty JSON body is 400', async t => {
   const server = await app(t)
   const response = await server.inject({ method: 'POST', url: '/api/test/birds', payload: '', headers: { 'content-type': 'application/json' } })
   t.equal(response.statusCode, 400)
-  t.same(response.json(), { error: 'Request body is empty', code: 'INVALID_JSON' })
+  t.same(response.json(), { error: 'Request body is empty', code: 'EMPTY_BODY' })
 })
 
 t.test('a body over BODY_LIMIT is 413', async t => {
@@ -100,6 +100,33 @@ t.test('an unsupported content type is 415', async t => {
   const response = await server.inject({ method: 'POST', url: '/api/test/birds', payload: 'name=Kiwi', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
   t.equal(response.statusCode, 415)
   t.same(response.json(), { error: 'Unsupported content type; send application/json', code: 'UNSUPPORTED_MEDIA_TYPE' })
+})
+
+t.test('text/plain (or no parser at all) is 415 before validation, with or without a body', async t => {
+  const server = await app(t)
+  for (const [type, payload] of [['text/plain', '{"name":"Kiwi","weightGrams":1}'], ['text/plain; charset=utf-8', 'Kiwi'], ['text/plain', ''], ['application/xml', '<bird/>']] as const) {
+    const response = await server.inject({ method: 'POST', url: '/api/test/birds', payload, headers: { 'content-type': type } })
+    t.equal(response.statusCode, 415, `${type} ${JSON.stringify(payload)}`)
+    t.same(response.json(), { error: 'Unsupported content type; send application/json', code: 'UNSUPPORTED_MEDIA_TYPE' })
+  }
+  const json = await server.inject({ method: 'POST', url: '/api/test/birds', payload: '{"name":"Kiwi","weightGrams":1}', headers: { 'content-type': 'application/json; charset=utf-8' } })
+  t.equal(json.statusCode, 200, 'JSON with a charset is JSON')
+})
+
+t.test('bodies are not coerced: a number for a string or a string for a number is a 400 naming the field', async t => {
+  const server = await app(t)
+  const response = await server.inject({ method: 'POST', url: '/api/test/birds', payload: { name: 123, weightGrams: '40' } })
+  t.equal(response.statusCode, 400)
+  t.same(response.json(), { error: 'Invalid bird payload', code: 'VALIDATION_FAILED', details: { name: 'must be string', weightGrams: 'must be number' } })
+  const ok = await server.inject({ method: 'POST', url: '/api/test/birds', payload: { name: 'Kiwi', weightGrams: 40 } })
+  t.same(ok.json(), { stored: { name: 'Kiwi', weightGrams: 40 } })
+})
+
+t.test('query strings are still coerced: ?days=30 is the integer 30', async t => {
+  const server = await app(t)
+  const response = await server.inject({ url: '/api/test/query?days=30' })
+  t.equal(response.statusCode, 200)
+  t.same(response.json(), { ok: true })
 })
 
 t.test('5xx answers never carry internal messages, SQL or stack traces', async t => {

@@ -119,12 +119,17 @@ t.test('a cookie-authenticated POST needs an allowed Origin and JSON', async t =
   for (const [name, headers, payload] of [
     ['no Origin', {}, undefined],
     ['a foreign Origin', { origin: 'https://evil.example' }, undefined],
-    ['a form post', { origin: 'https://evil.example', 'content-type': 'application/x-www-form-urlencoded' }, 'a=1'],
-    ['text/plain from an allowed origin', { origin: 'https://app.example.com', 'content-type': 'text/plain' }, 'x']
+    ['a form post', { origin: 'https://evil.example', 'content-type': 'application/x-www-form-urlencoded' }, 'a=1']
   ] as const) {
     const response = await attempt(headers, payload)
     t.equal(response.statusCode, 403, name)
-    t.equal(response.json().code, 'ORIGIN_NOT_ALLOWED', name)
+    t.same(response.json(), { error: 'Requests must come from an allowed origin', code: 'ORIGIN_NOT_ALLOWED' }, name)
+  }
+  // From an allowed origin, a body that is not JSON (a form can send text/plain cross-site) is 415.
+  for (const type of ['text/plain', 'application/x-www-form-urlencoded']) {
+    const response = await attempt({ origin: 'https://app.example.com', 'content-type': type }, 'x')
+    t.equal(response.statusCode, 415, `${type} from an allowed origin`)
+    t.same(response.json(), { error: 'Unsupported content type; send application/json', code: 'UNSUPPORTED_MEDIA_TYPE' })
   }
   const logout = await app.inject({ method: 'POST', url: '/api/auth/logout', headers: { cookie: `refresh_token=${token}`, origin: 'https://evil.example' } })
   t.equal(logout.statusCode, 403, 'no cross-site logout')
@@ -359,7 +364,8 @@ t.test('GET /api/user/me answers in seed 002\'s envelope', async t => {
   t.match(ok.json().data, { id: user.id, email: 'envelope@example.com', isActive: true, profilePictureUrl: null })
   const denied = await app.inject({ url: '/api/user/me' })
   t.equal(denied.statusCode, 401)
-  t.same(denied.json(), { success: false, message: 'Access token required', code: 'TOKEN_REQUIRED' })
+  // Seed 002's own text for a missing token ("Common Error Messages").
+  t.same(denied.json(), { success: false, message: 'No token provided', code: 'TOKEN_REQUIRED' })
 })
 
 t.test('a revocation reaches every instance within a second', async t => {

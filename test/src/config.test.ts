@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { ConfigError, ConfigSchema, loadConfig, parseDuration, publicUrl } from '../../src/config.js'
+import { ConfigError, ConfigSchema, DEVELOPMENT_DEFAULTS, developmentLimits, loadConfig, parseDuration, publicUrl, serverOrigins } from '../../src/config.js'
 import { projectRoot } from '../../src/paths.js'
 
 const problemsOf = (env: Record<string, string>): string[] => {
@@ -21,11 +21,48 @@ t.test('defaults give a working development configuration', async t => {
   t.equal(config.HOST, '127.0.0.1')
   t.equal(config.DATABASE_URL, undefined, 'no DATABASE_URL: embedded PGlite')
   t.equal(config.REDIS_URL, undefined, 'no REDIS_URL: in-process store')
-  t.equal(config.RATE_LIMIT_MAX, 100, 'seed 002: 100 requests')
+  t.equal(config.RATE_LIMIT_MAX, 10_000, 'development: generous')
   t.equal(config.RATE_LIMIT_WINDOW, 15 * 60_000, 'seed 002: per 15 minutes')
   t.equal(config.TRUST_PROXY, 'false', 'X-Forwarded-For is not trusted by default')
   t.same(config.CORS_ORIGINS, [])
   t.equal(publicUrl(config), 'http://localhost:3000')
+})
+
+const SEED_LIMITS = { RATE_LIMIT_MAX: 100, LOGIN_MAX_PER_IP: 30, LOGIN_MAX_PER_ACCOUNT: 10, MAGIC_LINK_MAX_PER_EMAIL: 5, REFRESH_MAX_PER_SESSION: 120 }
+const DEVELOPMENT_LIMITS = { RATE_LIMIT_MAX: 10_000, LOGIN_MAX_PER_IP: 1000, LOGIN_MAX_PER_ACCOUNT: 100, MAGIC_LINK_MAX_PER_EMAIL: 100, REFRESH_MAX_PER_SESSION: 10_000 }
+const limitsOf = (env: Record<string, string>): Record<string, number> => {
+  const config = loadConfig(env)
+  return Object.fromEntries(Object.keys(SEED_LIMITS).map(key => [key, config[key as keyof typeof SEED_LIMITS]]))
+}
+
+t.test('development has generous limits where they are not set; production and test keep the seeds\'', async t => {
+  t.same(DEVELOPMENT_DEFAULTS, DEVELOPMENT_LIMITS)
+  t.same(limitsOf({}), DEVELOPMENT_LIMITS, 'NODE_ENV defaults to development')
+  t.same(limitsOf({ NODE_ENV: 'development' }), DEVELOPMENT_LIMITS)
+  t.same(limitsOf({ NODE_ENV: 'test' }), SEED_LIMITS, 'test keeps the seeds\' values')
+  const production = { NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_URL: 'redis://cache:6379', JWT_KEYS_DIR: '/keys', MAGIC_LINKS: 'disabled' }
+  t.same(limitsOf(production), SEED_LIMITS, 'production keeps the seeds\' values exactly')
+  t.same(limitsOf({ RATE_LIMIT_MAX: '50', LOGIN_MAX_PER_ACCOUNT: '3', MAGIC_LINK_MAX_PER_EMAIL: '' }), { ...DEVELOPMENT_LIMITS, RATE_LIMIT_MAX: 50, LOGIN_MAX_PER_ACCOUNT: 3 },
+    'a variable that is set wins in development (an empty one counts as unset)')
+  t.same(limitsOf({ ...production, RATE_LIMIT_MAX: '5000', REFRESH_MAX_PER_SESSION: '7' }), { ...SEED_LIMITS, RATE_LIMIT_MAX: 5000, REFRESH_MAX_PER_SESSION: 7 },
+    'and in production')
+  t.match(problemsOf({ RATE_LIMIT_MAX: '0' }), [/^RATE_LIMIT_MAX must be an integer from 1/], 'a set value is still checked in development')
+  t.equal(developmentLimits(loadConfig({})),
+    'development limits: 10000 requests per 15 minutes per IP on /api/*, 1000 sign-ins per IP, 100 per account and 100 magic links per address per 15 minutes, ' +
+    '10000 refreshes per session per 15 minutes; production keeps 100 requests per 15 minutes per IP')
+  t.match(developmentLimits(loadConfig({ RATE_LIMIT_WINDOW: '1m', LOGIN_WINDOW: '2h', LOGIN_MAX_PER_IP: '4' })),
+    /^development limits: 10000 requests per minute per IP on \/api\/\*, 4 sign-ins per IP, .* per 2 hours, 10000 refreshes per session per minute; /)
+})
+
+t.test('the server\'s own origins: in development both loopback spellings of a loopback PUBLIC_URL', async t => {
+  t.same(serverOrigins(loadConfig({})), ['http://localhost:3000', 'http://127.0.0.1:3000', 'http://[::1]:3000'])
+  t.same(serverOrigins(loadConfig({ PUBLIC_URL: 'http://127.0.0.1:8080/' })), ['http://127.0.0.1:8080', 'http://localhost:8080', 'http://[::1]:8080'])
+  t.same(serverOrigins(loadConfig({ PUBLIC_URL: 'https://[::1]' })), ['https://[::1]', 'https://localhost', 'https://127.0.0.1'], 'same scheme, default port')
+  t.same(serverOrigins(loadConfig({ PUBLIC_URL: 'https://auth.example.com' })), ['https://auth.example.com'], 'a public name stays alone')
+  t.same(serverOrigins(loadConfig({ PUBLIC_URL: 'http://localhost.example.com:3000' })), ['http://localhost.example.com:3000'])
+  t.same(serverOrigins(loadConfig({ NODE_ENV: 'test' })), ['http://localhost:3000'], 'test keeps PUBLIC_URL\'s only')
+  const production = { NODE_ENV: 'production', DATABASE_URL: 'postgres://db/app', REDIS_URL: 'redis://cache:6379', JWT_KEYS_DIR: '/keys', MAGIC_LINKS: 'disabled' }
+  t.same(serverOrigins(loadConfig(production)), ['http://localhost:3000'], 'production never adds any')
 })
 
 t.test('values are converted from their environment strings', async t => {
@@ -109,5 +146,11 @@ t.test('.env.example and the README document every variable', async t => {
   for (const key of Object.keys(ConfigSchema.properties)) {
     t.match(example, new RegExp(`^#? ?${key}=`, 'm'), `.env.example lists ${key}`)
     t.match(readme, new RegExp(`\\| \`${key}\` \\|`), `README configuration table lists ${key}`)
+  }
+  for (const [key, value] of Object.entries(DEVELOPMENT_DEFAULTS)) {
+    const fallback = (ConfigSchema.properties as Record<string, { default?: unknown }>)[key]!.default
+    t.match(readme, `| \`${key}\` | \`${String(fallback)}\` (development: \`${value}\`) |`, `README gives ${key}'s development default`)
+    t.match(example, `# Unset: ${String(fallback)}, in development ${value}; a value set here applies in every mode.\n# ${key}=${String(fallback)}\n`,
+      `.env.example leaves ${key} unset, so a copied .env keeps development's default`)
   }
 })

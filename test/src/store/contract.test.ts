@@ -48,6 +48,32 @@ t.test('memory store keeps unexpired entries across a restart', async t => {
   t.equal(await second.get('brief'), null)
 })
 
+t.test('memory store keeps sessions across a restart but starts its counters over', async t => {
+  const dir = await tempDir(t)
+  const snapshotFile = `${dir}/store.json`
+  const first = await MemoryStore.create({ prefix: 'gh:', snapshotFile })
+  const state = { userId: 'u1', rememberMe: false, expiresAt: Date.now() + 60_000, workspaceId: null }
+  await first.createSession('s1', state, 'hash-1')
+  await first.set('ml:abc', 'pending', 60_000)
+  await first.addRevocation('session', 's0', Date.now() + 60_000)
+  // What plugins/rate-limit.ts and src/auth/throttle.ts count, under their own prefixes.
+  for (const key of ['rl:127.0.0.1', 'rl:user:u1', 'signin:ip:127.0.0.1', 'signin:fail:abc', 'ml:rate:abc', 'refresh:s1']) {
+    await first.increment(key, 60_000)
+    await first.increment(key, 60_000, 4)
+  }
+  await first.close()
+  const second = await MemoryStore.create({ prefix: 'gh:', snapshotFile })
+  t.teardown(() => second.close())
+  t.same(await second.getSession('s1'), state, 'the session survived')
+  t.same(await second.rotateRefreshToken('s1', 'hash-1', 'hash-2', Date.now(), 10_000), { status: 'rotated', session: state }, 'with its refresh token')
+  t.equal(await second.get('ml:abc'), 'pending', 'pending links survived')
+  t.same((await second.listRevocations('session', Date.now())).map(entry => entry.id), ['s0'], 'revocations survived')
+  for (const key of ['rl:127.0.0.1', 'rl:user:u1', 'signin:ip:127.0.0.1', 'signin:fail:abc', 'ml:rate:abc', 'refresh:s1']) {
+    t.equal(await second.get(key), null, `${key} is not kept`)
+    t.equal((await second.increment(key, 60_000)).count, 1, `${key} counts from 1 again`)
+  }
+})
+
 t.test('redis store fails fast when Redis does not answer', async t => {
   const { store, connected } = await RedisStore.connect({
     url: 'redis://127.0.0.1:1', prefix: 'gh:test:', commandTimeoutMs: 500, connectTimeoutMs: 500
