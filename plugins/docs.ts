@@ -5,10 +5,12 @@ import { isProduction, publicUrl } from '../src/config.js'
 
 /**
  * The OpenAPI 3 document, generated from the route schemas, at /docs/json, and its UI at
- * /docs. Registered before the routes so that it sees every one of them.
+ * /docs (unless DOCS=disabled). Registered before the routes so that it sees every one of them.
  */
 export default fp(async (fastify) => {
   const { config } = fastify
+  // DOCS=disabled: neither the document nor its UI is served (both routes are 404).
+  if (config.DOCS === 'disabled') return
   await fastify.register(swagger, {
     openapi: {
       openapi: '3.1.0',

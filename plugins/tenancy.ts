@@ -2,6 +2,7 @@ import type { FastifyRequest, preParsingHookHandler, RouteOptions } from 'fastif
 import fp from 'fastify-plugin'
 import type { MemberRole } from '../src/db/types.js'
 import { errors } from '../src/errors.js'
+import { MAX_INT4 } from '../src/schemas/common.js'
 import { MESSAGES, POLICIES, type Action, type Policy } from '../src/tenancy/policy.js'
 import { UNAUTHORIZED_MESSAGES } from './auth.js'
 
@@ -43,10 +44,10 @@ const CACHE_MAX = 200_000
 export function namedWorkspace (request: FastifyRequest): number | undefined {
   const header = request.headers['x-workspace-id']
   if (header === undefined) return undefined
-  if (typeof header !== 'string' || !/^[1-9]\d{0,9}$/.test(header.trim())) {
-    throw errors.badRequest('X-Workspace-Id must be a workspace id', 'INVALID_WORKSPACE_HEADER')
-  }
-  return Number(header.trim())
+  // A workspace id is a PostgreSQL integer: 1 to 2147483647.
+  const id = typeof header === 'string' && /^[1-9]\d{0,9}$/.test(header.trim()) ? Number(header.trim()) : 0
+  if (id < 1 || id > MAX_INT4) throw errors.badRequest('X-Workspace-Id must be a workspace id', 'INVALID_WORKSPACE_HEADER')
+  return id
 }
 
 type Entry = { at: number, value: Promise<MemberRef | null>, loaded?: MemberRef | null }

@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyServerOptions } from 'fastify'
 import { developmentLimits, trustProxy, type Config } from './config.js'
 import { loggerOptions } from './logger.js'
 import configPlugin from '../plugins/config.js'
@@ -58,7 +58,21 @@ export function serverOptions (config: Config): FastifyServerOptions {
     // machine, and a real migration may take longer: Fastify's 10 s would cut them off.
     pluginTimeout: 120_000,
     onProtoPoisoning: 'error',
-    onConstructorPoisoning: 'error'
+    onConstructorPoisoning: 'error',
+    // Path ids up to this length reach their route, which answers a malformed one as an unknown one.
+    maxParamLength: 1024,
+    // The router's own refusals (an undecodable path, a parameter longer still) in the one error
+    // shape: a URL that names no resource is 404, and nothing of it is reflected.
+    frameworkErrors: (error, request, reply) => {
+      const known = error.code === 'FST_ERR_BAD_URL' || error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+      if (!known) request.log.error({ err: error }, 'request failed before routing')
+      const answer = reply as unknown as FastifyReply
+      answer.code(known ? 404 : 500)
+        .header('content-type', 'application/json; charset=utf-8')
+        .header('x-content-type-options', 'nosniff')
+        .header('content-security-policy', "default-src 'none'; frame-ancestors 'none'")
+        .send(JSON.stringify(known ? { error: 'Not found', code: 'NOT_FOUND' } : { error: 'Internal server error', code: 'INTERNAL_ERROR' }))
+    }
     // Request validation (Ajv) is set up by plugins/validation.ts: bodies strict, the rest coerced.
   }
 }

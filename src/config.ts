@@ -111,6 +111,7 @@ export const ConfigSchema = Type.Object({
   BODY_LIMIT: size('1mb', { description: 'Largest accepted request body.' }),
   RATE_LIMIT_MAX: integer(100, 1, 1_000_000_000, 'Unauthenticated requests per IP per RATE_LIMIT_WINDOW on /api/* and /auth/*.'),
   RATE_LIMIT_WINDOW: duration('15m', { description: 'Window of the per-IP rate limit.' }),
+  DOCS: oneOf(['enabled', 'disabled'], 'enabled', 'The OpenAPI document (/docs/json) and its UI (/docs). disabled answers 404 there, for deployments that do not publish their API description.'),
   RESPONSE_ENVELOPE: oneOf(['none', 'success'], 'none',
     'success wraps every JSON answer of the API in an envelope, for clients written against that shape: {success, data} or {success:false, message, code}.'),
 

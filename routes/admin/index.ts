@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { errors } from '../../src/errors.js'
 import { audit, publicUser, PublicUser, USER_COLUMNS } from '../../src/auth/users.js'
-import { errorResponses, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
+import { errorResponses, MAX_SAFE_ID, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
 
 const AuditEvent = Type.Object({
   id: Type.Integer(),
@@ -108,7 +108,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       security: [{ bearer: [] }],
       querystring: Type.Object({
         limit: Type.Integer({ minimum: 1, maximum: 500, default: 100 }),
-        before: Type.Optional(Type.Integer({ minimum: 1 })),
+        before: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_SAFE_ID })),
         action: Type.Optional(Type.String({ minLength: 1, maxLength: 100 })),
         actorUserId: Type.Optional(Uuid),
         subjectId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 }))

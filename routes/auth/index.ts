@@ -203,7 +203,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   // refresh and logout take an optional body (seed 004's clients send none).
-  const emptyBody = async (request: FastifyRequest): Promise<void> => { request.body ??= {} }
+  // (A JSON `null` is a body, and not an object: the schema refuses it.)
+  const emptyBody = async (request: FastifyRequest): Promise<void> => { if (request.body === undefined) request.body = {} }
 
   // A cross-site form cannot send JSON: a cookie request with any other body is refused
   // before it is parsed (SPEC: cookie-authenticated POSTs are JSON from an allowed origin).

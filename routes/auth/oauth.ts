@@ -306,7 +306,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 
   // Seed 000's Auth.js-style routes.
   fastify.post('/auth/signin/:provider', {
-    preValidation: async (request) => { request.body ??= {} },
+    preValidation: async (request) => { if (request.body === undefined) request.body = {} },
     schema: {
       tags: ['oauth'],
       summary: 'Start a sign-in with a provider (seed 000)',

@@ -5,7 +5,7 @@ import { isProduction } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { providerRegistry } from '../../src/auth/providers.js'
 import { audit, publicUser, PublicUser } from '../../src/auth/users.js'
-import { errorResponses } from '../../src/schemas/common.js'
+import { errorResponses, MAX_INT4 } from '../../src/schemas/common.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
 import { namedWorkspace } from '../../plugins/tenancy.js'
 import { UNAUTHORIZED_MESSAGES } from '../../plugins/auth.js'
@@ -122,7 +122,8 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const tenantId = Number(request.body.tenantId)
-    if (tenantId > 2_147_483_647) throw errors.forbidden(MESSAGES.forbidden, 'NOT_A_MEMBER')
+    // The string form is bounded here as the number form is by its schema.
+    if (tenantId > MAX_INT4) throw errors.invalidPayload('tenant', { tenantId: `must be <= ${MAX_INT4}` })
     const { accessToken, expiresIn, issued } = await switchTo(request, reply, tenantId)
     reply.setCookie(TENANT_COOKIE, String(tenantId), issued.rememberMe ? { ...cookieOptions, expires: new Date(issued.expiresAt) } : cookieOptions)
     return { ok: true as const, activeTenantId: tenantId, accessToken, expiresIn }

@@ -50,8 +50,7 @@ const homeRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 <h1>Gatehouse</h1>
 <p>Gatehouse, the authentication and multi-tenancy API server, is running in <strong>${config.NODE_ENV}</strong> mode ${backing}</p>
 <ul>
-<li><a href="/docs">API docs</a>: every endpoint with its schemas (OpenAPI at <a href="/docs/json">/docs/json</a>).</li>
-<li><a href="/demo">Demo</a>: sign in by password, e-mail link or an identity provider, see <code>/api/auth/me</code>, sign out.</li>
+${config.DOCS === 'enabled' ? '<li><a href="/docs">API docs</a>: every endpoint with its schemas (OpenAPI at <a href="/docs/json">/docs/json</a>).</li>\n' : ''}<li><a href="/demo">Demo</a>: sign in by password, e-mail link or an identity provider, see <code>/api/auth/me</code>, sign out.</li>
 <li><a href="/api/health">/api/health</a> and <a href="/api/health/ready">/api/health/ready</a>.</li>
 </ul>
 <p>After a sign-in (an e-mail link or an identity provider brings you back here) the session is set: an HttpOnly <code>refresh_token</code> cookie for <code>/api/auth</code>, which no page can read. <a href="/demo">/demo</a> uses it to get an access token and show who you are.</p>

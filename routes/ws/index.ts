@@ -4,6 +4,7 @@ import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import type { WebSocket } from 'ws'
 import { errors } from '../../src/errors.js'
+import { MAX_INT4 } from '../../src/schemas/common.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
 import { ACCESS_COOKIE, UNAUTHORIZED_MESSAGES } from '../../plugins/auth.js'
 import type { AccessTokenClaims } from '../../plugins/keys.js'
@@ -79,7 +80,7 @@ const liveRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['live'],
       summary: 'Live updates of the active workspace over a WebSocket (seed 001; the access_token cookie)',
       description: 'Messages are JSON: first {type:"ready", workspaceId}, then events such as {type:"bird.created", workspaceId, id, birdId, at}. `workspaceId` picks another workspace of the user, as X-Workspace-Id does. Closed with 4401 when the session ends or the access token expires (refresh, then reconnect) and 4403 when the membership ends.',
-      querystring: Type.Object({ workspaceId: Type.Optional(Type.Integer({ minimum: 1, maximum: 2_147_483_647 })) })
+      querystring: Type.Object({ workspaceId: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_INT4 })) })
     }
   }, (socket, request) => {
     const { claims, workspaceId } = request.live!

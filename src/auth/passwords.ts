@@ -55,7 +55,11 @@ export function isCommonPassword (password: string): boolean {
 
 /** The reason a new password is refused, or undefined when it is acceptable. */
 export function passwordProblem (password: string, minLength: number): string | undefined {
-  if ([...password].length < minLength) return `Password must be at least ${minLength} characters long`
+  const characters = [...password]
+  if (characters.length < minLength) return `Password must be at least ${minLength} characters long`
+  // Length alone is no strength: eight spaces, or one key held down, are found at once.
+  if (password.trim() === '') return 'Password must not be only white space'
+  if (new Set(characters).size === 1) return 'Password must not be one character repeated'
   if (isCommonPassword(password)) return 'Password is too common; choose a less guessable one'
   return undefined
 }

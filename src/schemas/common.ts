@@ -13,6 +13,11 @@ export function errorResponses (...statuses: number[]): Record<number, typeof Er
   return Object.fromEntries(statuses.map(status => [status, ErrorBody]))
 }
 
+/** The largest PostgreSQL integer (int4): numeric ids (workspaces) are bounded by it. */
+export const MAX_INT4 = 2_147_483_647
+/** The largest integer a JavaScript number holds exactly (bigint ids such as the audit log's). */
+export const MAX_SAFE_ID = Number.MAX_SAFE_INTEGER
+
 /** A uuid in a body or query string: a malformed one is a 400 naming the field. */
 export const Uuid = Type.String({ format: 'uuid' })
 /** The uuids PostgreSQL's uuid type takes (plugins/validation.ts gives the `uuid` format this meaning). */

@@ -1,7 +1,7 @@
 import { Type, type Static } from 'typebox'
 import type { Expression, Kysely, Selectable, Transaction } from 'kysely'
 import type { BillingPlan, Database, WorkspaceMembersTable, WorkspacesTable, WorkspaceType } from '../db/types.js'
-import { Nullable, Timestamp, Uuid } from '../schemas/common.js'
+import { MAX_INT4, Nullable, Timestamp, Uuid } from '../schemas/common.js'
 
 type Executor = Kysely<Database> | Transaction<Database>
 
@@ -10,7 +10,7 @@ export const WORKSPACE_TYPES = ['standard', 'rescue'] as const
 export const BILLING_PLANS = ['household_basic', 'household_plus', 'household_macaw'] as const
 export const MEMBER_ROLES = ['owner', 'manager', 'staff', 'viewer'] as const
 
-export const WorkspaceId = Type.Integer({ minimum: 1, maximum: 2_147_483_647, description: 'Numeric workspace id (seed 003)' })
+export const WorkspaceId = Type.Integer({ minimum: 1, maximum: MAX_INT4, description: 'Numeric workspace id (seed 003)' })
 
 export const Workspace = Type.Object({
   id: WorkspaceId,

@@ -34,9 +34,15 @@ const nasty = fc.constantFrom(
   "' OR 1=1 --", '$' + '{jndi:ldap://x}', '__proto__', 'constructor', 'NaN', '-0', '1e309', '0x10', '2023-02-30', '9999-99-99',
   '#cb3a35', 'data:image/png;base64,AAAA', 'gtk_' + 'A'.repeat(43), '00000000-0000-0000-0000-000000000000', 'x'.repeat(5000)
 )
+// The edges of PostgreSQL's integer (int4) and bigint (int8) and of a JavaScript number's exact integers.
+const integerBoundary = fc.constantFrom(
+  2_147_483_647, 2_147_483_648, -2_147_483_648, -2_147_483_649, 4_294_967_296,
+  Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER + 1, 2 ** 63, 1e20, -1e20
+)
 const anyValue: fc.Arbitrary<unknown> = fc.oneof(
   nasty, fc.string({ unit: 'grapheme', maxLength: 40 }), fc.integer(), fc.double(), fc.boolean(), fc.constant(null),
-  fc.constantFrom(0, -1, 2_147_483_648, Number.MAX_SAFE_INTEGER, 10000, 10000.0001, 1e-9),
+  fc.constantFrom(0, -1, 10000, 10000.0001, 1e-9),
+  integerBoundary,
   fc.jsonValue({ maxDepth: 3 }), fc.array(fc.string({ maxLength: 5 }), { maxLength: 3 })
 )
 
@@ -53,7 +59,7 @@ function valueFor (schema: Schema | undefined): fc.Arbitrary<unknown> {
     if (schema?.maxLength !== undefined) plausible.push(fc.constant('y'.repeat(schema.maxLength)), fc.constant('y'.repeat(schema.maxLength + 1)))
   }
   if (types.includes('integer') || types.includes('number')) {
-    plausible.push(fc.integer({ min: -5, max: 2000 }), fc.constantFrom(schema?.minimum ?? 0, schema?.maximum ?? 1, (schema?.maximum ?? 1) + 1))
+    plausible.push(fc.integer({ min: -5, max: 2000 }), fc.constantFrom(schema?.minimum ?? 0, schema?.maximum ?? 1, (schema?.maximum ?? 1) + 1), integerBoundary)
   }
   if (types.includes('boolean')) plausible.push(fc.boolean())
   if (types.includes('array')) plausible.push(fc.array(valueFor(schema?.items), { maxLength: 3 }))
@@ -109,10 +115,11 @@ t.test('every route, random and hostile input: no 5xx, the SPEC error shape, no 
   const request = fc.record({
     operation: fc.constantFrom(...operations),
     params: fc.array(paramValue, { minLength: 4, maxLength: 4 }),
-    query: fc.dictionary(fc.constantFrom('days', 'limit', 'cursor', 'key', 'token', 'redirectTo', 'workspaceId', 'code', 'state', 'x'), anyValue.map(value => String(value)), { maxKeys: 3 }),
+    query: fc.dictionary(fc.constantFrom('days', 'limit', 'cursor', 'key', 'token', 'redirectTo', 'workspaceId', 'code', 'state', 'before', 'offset', 'x'),
+      fc.oneof(anyValue.map(value => String(value)), integerBoundary.map(value => BigInt(Math.trunc(value)).toString()), fc.constantFrom('99999999999999999999', '%00')), { maxKeys: 3 }),
     who: fc.constantFrom('nobody', 'owner', 'token', 'garbage'),
     contentType: fc.constantFrom('application/json', 'application/json', 'application/json', 'text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', undefined, 'application/json; charset=latin1'),
-    workspaceHeader: fc.option(fc.constantFrom('1001', '0', 'abc', '99999999999', '1002'), { nil: undefined }),
+    workspaceHeader: fc.option(fc.constantFrom('1001', '0', 'abc', '99999999999', '1002', '2147483647', '2147483648', '4294967296', '9999999999'), { nil: undefined }),
     seedBody: fc.nat()
   }).chain(base => bodyFor(base.operation.body).map(body => ({ ...base, body })))
 

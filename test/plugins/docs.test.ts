@@ -29,3 +29,14 @@ t.test('GET /docs serves the UI', async t => {
   t.match(page.headers['content-type'], /text\/html/)
   t.match(page.body, /swagger-ui/i)
 })
+
+t.test('DOCS=disabled: neither the document nor its UI is served', async t => {
+  const server = await build(t, { DOCS: 'disabled' })
+  for (const url of ['/docs', '/docs/json', '/docs/yaml', '/docs/static/index.html']) {
+    const response = await server.inject({ url })
+    t.equal(response.statusCode, 404, url)
+    t.same(response.json(), { error: 'Not found', code: 'NOT_FOUND' })
+  }
+  t.equal((await server.inject({ url: '/api/health' })).statusCode, 200, 'the API itself is unchanged')
+  t.notMatch((await server.inject({ url: '/' })).body, '/docs', 'the home page does not link to them')
+})

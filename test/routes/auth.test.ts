@@ -290,7 +290,20 @@ t.test('passwords: minimum length, common passwords, no truncation, no mass assi
   const common = await register(app, 'common@example.com', 'password123')
   t.equal(common.status, 400)
   t.match(common.response.json(), { code: 'WEAK_PASSWORD', error: /too common/ })
+  // Long enough, yet nothing to guess: only white space, or one character held down.
+  for (const [password, error] of [
+    [' '.repeat(12), 'Password must not be only white space'],
+    ['\t \n \u00a0 \u2003  \t ', 'Password must not be only white space'],
+    ['x'.repeat(20), 'Password must not be one character repeated'],
+    ['🦜'.repeat(8), 'Password must not be one character repeated']
+  ] as const) {
+    const weak = await register(app, 'weak@example.com', password)
+    t.equal(weak.status, 400, JSON.stringify(password))
+    t.match(weak.response.json(), { code: 'WEAK_PASSWORD', error })
+  }
   t.equal(await app.db.selectFrom('users').select('id').execute().then(rows => rows.length), 0, 'nothing stored')
+  t.equal((await register(app, 'two@example.com', 'xy'.repeat(6))).status, 201, 'two characters are allowed (the length and common lists still apply)')
+  await app.db.deleteFrom('users').execute()
 
   const long = 'a'.repeat(100) + 'long tail that bcrypt would cut'
   t.equal((await register(app, 'long@example.com', long)).status, 201)

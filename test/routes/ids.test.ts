@@ -46,6 +46,8 @@ const MALFORMED = [
   `urn:uuid:${randomUUID()}`,
   `{${randomUUID()}}`,
   'x'.repeat(80),
+  // Longer than Fastify's default 100 characters for a path parameter (it answered 414 with its own body).
+  'x'.repeat(300),
   "1' OR '1'='1",
   '%00'
 ]
@@ -155,4 +157,13 @@ t.test('a malformed id in a body or query string is a 400 naming the field', asy
   // Seed 000's tenant id may come as the cookie's string: that form is declared, not coerced.
   const asString = await app.inject({ method: 'POST', url: '/api/session/set-active-tenant', headers: auth, payload: { tenantId: String(workspace.id) } })
   t.equal(asString.statusCode, 200, asString.body)
+})
+
+t.test('paths the router cannot decode, or whose parameter is too long even for the route, are 404 in the one error shape', async t => {
+  for (const path of ['/api/birds/%', '/api/birds/%E0%A4%A', '/api/birds/%FF', '/api/birds/%C0%AF/weights', '/api/auth/sessions/%', `/api/birds/${'x'.repeat(2000)}`, `/api/birds/<script>${'y'.repeat(2000)}`]) {
+    const response = await app.inject({ url: path, headers: auth })
+    t.equal(response.statusCode, 404, `${path.slice(0, 40)}: 404`)
+    t.same(response.json(), { error: 'Not found', code: 'NOT_FOUND' }, 'the one body, with nothing of the path in it')
+    t.equal(response.headers['x-content-type-options'], 'nosniff')
+  }
 })
