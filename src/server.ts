@@ -4,7 +4,7 @@ import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app, { serverOptions } from './app.js'
 import { ConfigError, loadConfig, publicUrl, type Config } from './config.js'
-import { StartupError } from './lib/startup-error.js'
+import { fileSystemProblem, StartupError } from './lib/startup-error.js'
 
 // A .env file in the working directory is read when present; the environment wins over it.
 if (existsSync('.env')) process.loadEnvFile('.env')
@@ -54,5 +54,6 @@ function startupProblem (error: unknown, config: Config): string | undefined {
   if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
     return `port ${config.PORT} on ${config.HOST} is already in use (another Gatehouse?). Stop that process or set PORT.`
   }
-  return undefined
+  // A folder of the configuration (DATA_DIR, JWT_KEYS_DIR …) that this user cannot write.
+  return fileSystemProblem(error, 'change the setting that names that path')
 }

@@ -1,11 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
-import { readdir } from 'node:fs/promises'
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import t, { type Test } from 'tap'
+import { openEmbeddedPostgres, removeStaleSocketDirs, socketParentDir, startEmbeddedPostgres } from '../src/db/embedded.js'
+import { hostTag, isNodeProcess } from '../src/lib/processes.js'
 import { projectRoot } from '../src/paths.js'
 import { bearer, cookie, login, register } from './auth-helper.js'
 import { build, freePort, tempDir, type Env } from './helper.js'
@@ -15,6 +19,10 @@ import { build, freePort, tempDir, type Env } from './helper.js'
  * whatever servers npm test found. Left idle past the pool's idle timeout, restarted, started
  * twice on one folder, or failing to start, it must behave as a real server would.
  */
+
+// Real server processes (seconds each to start through tsx on a busy machine, more for a user
+// without a warm tsx cache) and several PGlite starts: more than the default budget of a file.
+t.setTimeout(240_000)
 
 /** An app on the embedded default: no DATABASE_URL, no REDIS_URL, its own DATA_DIR. */
 async function embeddedApp (t: Test, env: Env = {}): Promise<Awaited<ReturnType<typeof build>>> {
@@ -82,12 +90,13 @@ interface Exited { code: number | null, output: string }
 const running = new Set<ChildProcess>()
 process.once('exit', () => { for (const child of running) child.kill('SIGKILL') })
 
-async function runServer (t: Test, env: Record<string, string>, until: (output: string) => boolean = () => false): Promise<{ exited: Promise<Exited>, stop: () => void, output: () => string }> {
+async function runServer (t: Test, env: Record<string, string>, until: (output: string) => boolean = () => false, user: { uid?: number, gid?: number } = {}): Promise<{ exited: Promise<Exited>, stop: () => void, output: () => string }> {
   let output = ''
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
     cwd: projectRoot,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...user
   })
   running.add(child)
   child.once('exit', () => running.delete(child))
@@ -140,4 +149,105 @@ t.test('a start that fails leaves nothing behind: no socket folder, no lock, and
   next.stop()
   t.equal((await next.exited).code, 0)
   t.same(await socketDirs(scratch), [], 'a clean stop leaves nothing either')
+})
+
+t.test('a DATA_DIR that cannot be written, or that is a file, is said in one line', async t => {
+  const scratch = await tempDir(t)
+  await chmod(scratch, 0o755) // reachable by the unprivileged user below
+  const readOnly = join(scratch, 'read-only')
+  await mkdir(readOnly)
+  await chmod(readOnly, 0o555)
+  const file = join(scratch, 'a-file')
+  await writeFile(file, '')
+  // root writes anywhere: as root, the server runs as nobody.
+  const unprivileged = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {}
+  const [notWritable, isFile] = await Promise.all([
+    runServer(t, { DATA_DIR: join(readOnly, 'data'), PORT: String(await freePort()) }, undefined, unprivileged).then(async server => await server.exited),
+    runServer(t, { DATA_DIR: file, PORT: String(await freePort()) }).then(async server => await server.exited)
+  ])
+  t.equal(notWritable.code, 1)
+  t.match(notWritable.output, new RegExp(`Gatehouse cannot start: The embedded database needs a writable DATA_DIR, and cannot create ${readOnly}/data: ` +
+    `permission denied to (user \\S+ \\()?uid \\d+\\)?\\. Give that user write access to ${readOnly}, or set DATA_DIR to another folder\\.\n`))
+  t.equal(isFile.code, 1)
+  t.match(isFile.output, new RegExp(`Gatehouse cannot start: The embedded database needs a writable DATA_DIR, and cannot create ${file}/pglite: ` +
+    `${file} is a file, not a folder\\. Move it away, or set DATA_DIR to another folder\\.\n`))
+  for (const { output } of [notWritable, isFile]) {
+    t.notMatch(output, /\n\s+at |"level":60/, 'no stack trace, no JSON log line')
+  }
+})
+
+// ---------------------------------------------------------------------------------------------
+// The data-folder lock and the socket folders, in this process.
+
+t.test("the data-folder lock: a stale pid (pid 1, or this process's own from before) is taken over and removed on close", async t => {
+  const dataDir = join(await tempDir(t), 'pglite')
+  const lockFile = `${dataDir}.lock`
+  // pid 1 runs everywhere; it is stale unless it is Node (as in a container whose first process is the server).
+  const stale = isNodeProcess(1) === false ? ['1', String(process.pid)] : [String(process.pid)]
+  for (const pid of stale) {
+    await writeFile(lockFile, pid)
+    const database = await openEmbeddedPostgres(dataDir)
+    t.match(JSON.parse(await readFile(lockFile, 'utf8')), { pid: process.pid, hostname: hostname() }, `a lock of pid ${pid}: taken over, with more than the pid`)
+    await database.close()
+    t.notOk(existsSync(lockFile), `a lock of pid ${pid}: removed on close`)
+  }
+})
+
+t.test('the data-folder lock of another host is never taken over: the refusal names the host, the pid and the file to delete', async t => {
+  const dataDir = join(await tempDir(t), 'pglite')
+  const lockFile = `${dataDir}.lock`
+  const lock = JSON.stringify({ pid: 4242, hostname: 'gatehouse-2' })
+  await writeFile(lockFile, lock)
+  await t.rejects(openEmbeddedPostgres(dataDir), {
+    name: 'StartupError',
+    message: `The embedded database in ${dataDir} is locked by process 4242 on the host gatehouse-2, which cannot be checked from here, so the lock is not taken over: ` +
+      `two machines or containers must never open one data folder at once. If that process is really gone, delete ${lockFile} and start again; ` +
+      'otherwise give this one its own DATA_DIR (or a DATABASE_URL).'
+  })
+  t.equal(await readFile(lockFile, 'utf8'), lock, 'the lock file is untouched')
+})
+
+t.test('the socket clean-up removes only folders of this host whose process is gone', async t => {
+  const scratch = await tempDir(t)
+  const exited = spawn(process.execPath, ['-e', ''])
+  await once(exited, 'exit')
+  const gone = exited.pid ?? 999_999
+  const names = {
+    oursGone: `gh-pg-${hostTag()}-${gone}-aaaaaa`,
+    oursRunning: `gh-pg-${hostTag()}-${process.pid}-bbbbbb`,
+    // Another host's (or pid namespace's) tag; all digits, which the earlier rule read as a dead pid.
+    otherHost: `gh-pg-99999999-${gone}-cccccc`,
+    // The earlier versions' name: whose it is cannot be told.
+    earlier: `gh-pg-${gone}-dddddd`
+  }
+  for (const name of Object.values(names)) await mkdir(join(scratch, name))
+  await removeStaleSocketDirs(scratch)
+  t.same((await socketDirs(scratch)).sort(), [names.oursRunning, names.otherHost, names.earlier].sort())
+})
+
+t.test('a temporary folder too long for a Unix socket path: the socket goes to /tmp; when that is too long too, a clear message', async t => {
+  const long = join(await tempDir(t), 'x'.repeat(100))
+  await mkdir(long)
+  const saved = process.env.TMPDIR
+  process.env.TMPDIR = long
+  let database: Awaited<ReturnType<typeof startEmbeddedPostgres>>
+  try {
+    database = await startEmbeddedPostgres()
+  } finally {
+    if (saved === undefined) delete process.env.TMPDIR
+    else process.env.TMPDIR = saved
+  }
+  t.teardown(async () => { await database.close() })
+  t.ok(database.connectionString.startsWith(`postgres://postgres@${encodeURIComponent('/tmp/gh-pg-')}`), database.connectionString)
+  t.same(await socketDirs(long), [], 'nothing in the long folder')
+  const client = new pg.Client({ connectionString: database.connectionString })
+  await client.connect()
+  t.same((await client.query('SELECT 1 AS one')).rows, [{ one: 1 }], 'the database answers on it')
+  await client.end()
+
+  t.throws(() => socketParentDir([long, join(long, 'y')]), {
+    name: 'StartupError',
+    message: new RegExp(`^The embedded database's socket path ${long}/gh-pg-\\w+-\\d+-XXXXXX/\\.s\\.PGSQL\\.5432 would be \\d+ bytes long, more than the \\d+ this system takes, ` +
+      `and under ${long}/y too\\. Set TMPDIR to a folder with a shorter path\\.$`)
+  })
 })

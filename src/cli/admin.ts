@@ -7,7 +7,7 @@ import { Value } from 'typebox/value'
 import { hashPassword, passwordProblem } from '../auth/passwords.js'
 import { audit, normalizeEmail } from '../auth/users.js'
 import { ConfigError, loadConfig, type Config } from '../config.js'
-import { openEmbeddedPostgres } from '../db/embedded.js'
+import { DataDirInUseError, openEmbeddedPostgres } from '../db/embedded.js'
 import { createDatabase, createPool, type Database } from '../db/index.js'
 import { migrate, MigrationError } from '../db/migrate.js'
 import { StartupError } from '../lib/startup-error.js'
@@ -15,7 +15,7 @@ import { fromRoot, migrationsDir } from '../paths.js'
 import { Email } from '../schemas/common.js'
 
 /*
- * `npm run admin -- create --email you@example.com [--name "Your Name"] [--promote]`
+ * `npm run admin -- create --email you@example.com [--name "Your Name"] [--promote [--promote-unverified]]`
  * (in the image: `node dist/src/cli/admin.js create …`): makes the first admin of a
  * deployment where POST /api/auth/bootstrap is off (production without ALLOW_BOOTSTRAP).
  * It reads the configuration as the server does, applies pending migrations as
@@ -25,8 +25,16 @@ import { Email } from '../schemas/common.js'
  * GATEHOUSE_ADMIN_PASSWORD when set (automation), else from the first line of standard
  * input when that is not a terminal, else asked twice at the terminal without echo.
  * It answers with one line; the exit code is 0 on success, 1 otherwise.
+ *
+ * Anyone can register an address they do not own, so an account whose address was never
+ * proven (email_verified false) may be a stranger's, whose password would then sign in as
+ * ADMIN: --promote refuses it unless --promote-unverified says the operator registered it.
  */
-const USAGE = 'usage: npm run admin -- create --email you@example.com [--name "Your Name"] [--promote]'
+const USAGE = `usage: npm run admin -- create --email you@example.com [--name "Your Name"] [--promote [--promote-unverified]]
+  --promote             make the existing account of that address an ADMIN; its password stays as it is
+                        (no password is read; GATEHOUSE_ADMIN_PASSWORD must be unset)
+  --promote-unverified  with --promote, also an account whose address was never verified:
+                        only for an account you registered yourself`
 /** The bounds of the registration schemas (routes/auth): passwords are never truncated. */
 const MAX_PASSWORD = 1024
 const MAX_NAME = 200
@@ -36,25 +44,31 @@ class AdminCommandError extends Error {
   override name = 'AdminCommandError'
 }
 
-interface Request { email: string, name: string, promote: boolean }
+interface Request { email: string, name: string, promote: boolean, promoteUnverified: boolean }
 
 function parseRequest (): Request {
   let parsed
   try {
     parsed = parseArgs({
       allowPositionals: true,
-      options: { email: { type: 'string' }, name: { type: 'string' }, promote: { type: 'boolean', default: false } }
+      options: {
+        email: { type: 'string' },
+        name: { type: 'string' },
+        promote: { type: 'boolean', default: false },
+        'promote-unverified': { type: 'boolean', default: false }
+      }
     })
   } catch (error) {
     throw new AdminCommandError(`${(error as Error).message}\n${USAGE}`)
   }
   const { positionals, values } = parsed
   if (positionals.length !== 1 || positionals[0] !== 'create' || values.email === undefined) throw new AdminCommandError(USAGE)
+  if (values['promote-unverified'] && !values.promote) throw new AdminCommandError(`--promote-unverified goes with --promote\n${USAGE}`)
   const email = normalizeEmail(values.email)
   if (!Value.Check(Email, email)) throw new AdminCommandError(`--email must be an e-mail address (got ${JSON.stringify(values.email)})`)
   const name = values.name?.trim() ?? ''
   if ([...name].length > MAX_NAME) throw new AdminCommandError(`--name must be at most ${MAX_NAME} characters long`)
-  return { email, name: name === '' ? 'Administrator' : name, promote: values.promote }
+  return { email, name: name === '' ? 'Administrator' : name, promote: values.promote, promoteUnverified: values['promote-unverified'] }
 }
 
 /** The database of this configuration, migrated: DATABASE_URL, or the embedded one under DATA_DIR. */
@@ -68,11 +82,14 @@ async function openDatabase (config: Config): Promise<{ db: Kysely<Database>, mi
       connectionString = embedded.connectionString
       closeEmbedded = embedded.close
     } catch (error) {
-      if (!(error instanceof StartupError)) throw error
       // PGlite serves one process: the admin must be written into the server's database, not another DATA_DIR's.
-      const owner = /\(pid (\d+)\)/.exec(error.message)?.[1]
-      throw new AdminCommandError(`The embedded database in ${dataDir} is held by another Gatehouse process${owner === undefined ? '' : ` (pid ${owner})`}, ` +
-        'most likely the running server, and it serves one process at a time: stop the server, run this command, then start the server again.')
+      if (error instanceof DataDirInUseError) {
+        throw new AdminCommandError(`The embedded database in ${dataDir} is held by another Gatehouse process (pid ${error.pid}), ` +
+          'most likely the running server, and it serves one process at a time: stop the server, run this command, then start the server again.')
+      }
+      // Another host's lock, a data folder that cannot be written: said as the server says it.
+      if (error instanceof StartupError) throw new AdminCommandError(error.message)
+      throw error
     }
   }
   try {
@@ -132,26 +149,44 @@ async function promoteToAdmin (db: Kysely<Database>, request: Request): Promise<
       .where('email', '=', request.email).forUpdate().executeTakeFirst()
     if (before === undefined) throw new AdminCommandError(`No user has the e-mail ${request.email} any more; run the command again.`)
     if (before.role === 'ADMIN') return `${request.email} (user ${before.id}) is already an ADMIN; nothing changed`
+    if (!before.email_verified) {
+      if (!request.promoteUnverified) {
+        throw new AdminCommandError(`Refused: the address ${request.email} (user ${before.id}) has never been verified, so anyone could have registered it, ` +
+          'and whoever did would sign in as ADMIN with their password. Only if you registered this account yourself, ' +
+          'run the command again with --promote --promote-unverified; otherwise make your admin with another address. Nothing was changed.')
+      }
+      // Said before the change, not after it.
+      console.error(`Warning: the address ${request.email} (user ${before.id}) has never been verified: anyone could have registered it, ` +
+        'and its password, whoever chose it, will sign in as ADMIN. Promoting it because --promote-unverified says you registered it yourself.')
+    }
     await trx.updateTable('users').set({ role: 'ADMIN', updated_at: new Date() }).where('id', '=', before.id).execute()
     await audit(trx, {
       action: 'admin.promoted_by_cli',
       subjectType: 'user',
       subjectId: before.id,
-      details: { email: request.email, before: { role: before.role }, after: { role: 'ADMIN' }, ...operator() }
+      details: {
+        email: request.email,
+        before: { role: before.role },
+        after: { role: 'ADMIN' },
+        ...(before.email_verified ? {} : { emailVerified: false }),
+        ...operator()
+      }
     })
-    const notes = [
-      ...(before.is_active ? [] : ['the account is deactivated']),
-      ...(before.email_verified ? [] : ['its address is not verified, so make sure you registered it yourself'])
-    ]
-    return `promoted ${request.email} (user ${before.id}) from ${before.role} to ADMIN${notes.length > 0 ? `; ${notes.join('; ')}` : ''}`
+    const notes = ['its password was not changed', ...(before.is_active ? [] : ['the account is deactivated'])]
+    return `promoted ${request.email} (user ${before.id}) from ${before.role} to ADMIN; ${notes.join('; ')}`
   })
+}
+
+function passwordFromEnvironment (): string | undefined {
+  const password = process.env.GATEHOUSE_ADMIN_PASSWORD
+  return password === '' ? undefined : password
 }
 
 /** The password: the environment, the first line of piped input, or asked twice at the terminal. */
 async function readPassword (email: string, minLength: number): Promise<string> {
   let password: string
-  const fromEnvironment = process.env.GATEHOUSE_ADMIN_PASSWORD
-  if (fromEnvironment !== undefined && fromEnvironment !== '') {
+  const fromEnvironment = passwordFromEnvironment()
+  if (fromEnvironment !== undefined) {
     password = fromEnvironment
   } else if (process.stdin.isTTY) {
     password = await askHidden('Password for the new admin: ')
@@ -220,9 +255,11 @@ async function run (): Promise<string> {
   const config = loadConfig()
   const { db, migratedTo, close } = await openDatabase(config)
   try {
-    const existing = await db.selectFrom('users').select('id').where('email', '=', request.email).executeTakeFirst()
-    if (existing !== undefined && !request.promote) {
-      throw new AdminCommandError(`A user with e-mail ${request.email} already exists; add --promote to make that account an ADMIN (its password stays as it is).`)
+    const existing = await db.selectFrom('users').select(['id', 'email_verified']).where('email', '=', request.email).executeTakeFirst()
+    if (existing !== undefined && !request.promote) throw new AdminCommandError(alreadyExists(request.email, existing.email_verified))
+    // Promoting reads no password (standard input may be an interactive shell's); one given is a mistake, not a wish.
+    if (existing !== undefined && passwordFromEnvironment() !== undefined) {
+      throw new AdminCommandError(`--promote keeps the account's password; do not give one (unset GATEHOUSE_ADMIN_PASSWORD). ${request.email} already exists; nothing was changed.`)
     }
     const line = existing === undefined
       ? await createAdmin(db, request, await readPassword(request.email, config.PASSWORD_MIN_LENGTH))
@@ -231,6 +268,14 @@ async function run (): Promise<string> {
   } finally {
     await close()
   }
+}
+
+function alreadyExists (email: string, verified: boolean): string {
+  return verified
+    ? `A user with e-mail ${email} already exists and its address is verified; add --promote to make that account an ADMIN (its password stays as it is).`
+    : `A user with e-mail ${email} already exists, and its address has never been verified: anyone could have registered it, and would know its password. ` +
+      'Only if you registered it yourself, add --promote --promote-unverified to make that account an ADMIN (its password stays as it is); ' +
+      'otherwise make your admin with another address.'
 }
 
 // A .env file in the working directory is read when present, as src/server.ts does; the environment wins over it.

@@ -70,7 +70,8 @@ t.test('create: a piped password makes an ADMIN of a new address, who signs in',
   // Every run before the app is built: an embedded test database serves one connection at a time.
   const again = await admin(['create', '--email', 'root@example.com'], env, 'another long password 99\n')
   t.equal(again.code, 1, 'an existing address is an error without --promote')
-  t.match(again.stderr, /A user with e-mail root@example\.com already exists; add --promote/)
+  t.match(again.stderr, /^A user with e-mail root@example\.com already exists, and its address has never been verified: anyone could have registered it/,
+    'said with whether the address was ever verified (one made by this command never was)')
   t.equal(again.stdout, '')
 
   const app = await build(t, { DATABASE_URL: url })
@@ -104,13 +105,17 @@ t.test('create: refuses what registration refuses, and changes nothing', async t
   t.match(minimum.stderr, /at least 40 characters/, 'PASSWORD_MIN_LENGTH applies as it does to registration')
 
   // Refused before the configuration is read: these never reach the database, so they run at once.
-  const [usage, badEmail, unknown] = await Promise.all([
+  const [usage, badEmail, unknown, unverifiedAlone] = await Promise.all([
     admin(['create'], env),
     admin(['create', '--email', 'not an address'], env, `${PASSWORD}\n`),
-    admin(['create', '--email', 'root@example.com', '--password', 'x'], env)
+    admin(['create', '--email', 'root@example.com', '--password', 'x'], env),
+    admin(['create', '--email', 'root@example.com', '--promote-unverified'], env, `${PASSWORD}\n`)
   ])
   t.equal(usage.code, 1)
   t.match(usage.stderr, /^usage: npm run admin -- create --email/)
+  t.match(usage.stderr, /--promote-unverified +with --promote, also an account whose address was never verified:\s+only for an account you registered yourself/, 'the usage text says what the flag is for')
+  t.equal(unverifiedAlone.code, 1)
+  t.match(unverifiedAlone.stderr, /^--promote-unverified goes with --promote\n/, 'the second flag is never enough on its own')
   t.equal(badEmail.code, 1)
   t.match(badEmail.stderr, /--email must be an e-mail address/)
   t.equal(unknown.code, 1, 'no password option: it would end up in the shell history')
@@ -122,12 +127,19 @@ t.test('create: refuses what registration refuses, and changes nothing', async t
 t.test('--promote: an existing member becomes ADMIN and keeps its password', async t => {
   const url = await testDatabase(t)
   const env = await production(t, url)
-  await rows(url, 'INSERT INTO users (email, name, password_hash) VALUES ($1, $2, $3)', ['member@example.com', 'Member', await hashPassword(PASSWORD)])
+  await rows(url, 'INSERT INTO users (email, name, password_hash, email_verified) VALUES ($1, $2, $3, true)', ['member@example.com', 'Member', await hashPassword(PASSWORD)])
 
-  const run = await admin(['create', '--email', 'member@example.com', '--promote'], env)
+  const given = await admin(['create', '--email', 'member@example.com', '--promote'], { ...env, GATEHOUSE_ADMIN_PASSWORD: 'a password from the secret store' })
+  t.equal(given.code, 1, 'a password given for an account that keeps its own is an error, not ignored')
+  t.match(given.stderr, /^--promote keeps the account's password; do not give one \(unset GATEHOUSE_ADMIN_PASSWORD\)\. member@example\.com already exists; nothing was changed\.\n$/)
+  t.same(await rows(url, 'SELECT role FROM users'), [{ role: 'MEMBER' }])
+
+  // Standard input is not read when promoting: what is piped there changes nothing.
+  const run = await admin(['create', '--email', 'member@example.com', '--promote'], env, 'another long password 99\n')
   t.equal(run.code, 0, run.stderr)
-  t.match(run.stdout, /^promoted member@example\.com \(user [0-9a-f-]{36}\) from MEMBER to ADMIN; its address is not verified, so make sure you registered it yourself\n$/,
-    'no password is asked for; an unverified address is pointed out')
+  t.match(run.stdout, /^promoted member@example\.com \(user [0-9a-f-]{36}\) from MEMBER to ADMIN; its password was not changed\n$/,
+    'no password is asked for, and the line says the password stays')
+  t.equal(run.stderr, '', 'no warning for a verified address')
   const [event] = await rows<{ action: string, details: unknown }>(url, "SELECT action, details FROM audit_log WHERE action LIKE 'admin.%'")
   t.match(event, { action: 'admin.promoted_by_cli', details: { email: 'member@example.com', before: { role: 'MEMBER' }, after: { role: 'ADMIN' } } })
 
@@ -142,8 +154,45 @@ t.test('--promote: an existing member becomes ADMIN and keeps its password', asy
 
   const app = await build(t, { DATABASE_URL: url })
   t.match((await login(app, 'member@example.com')).user, { role: 'ADMIN' }, 'signs in with the password it had')
+  t.equal((await login(app, 'member@example.com', 'another long password 99')).status, 401, 'the piped line was not taken as its password')
   t.match((await login(app, 'ops@example.com', 'a password from the secret store')).user, { role: 'ADMIN' })
   t.equal((await app.db.selectFrom('audit_log').select('id').where('action', 'like', 'admin.%').execute()).length, 2, 'nothing audited for a no-op')
+})
+
+t.test('--promote: an account whose address was never verified is refused, unless --promote-unverified says it is yours', async t => {
+  // The attack: someone registers the address the operator is about to use, with a password of their own.
+  const url = await testDatabase(t)
+  const env = await production(t, url)
+  await rows(url, 'INSERT INTO users (email, name, password_hash) VALUES ($1, $2, $3)', ['boss@example.com', 'Boss', await hashPassword('the attacker password 77')])
+  const unchanged = async (): Promise<void> => {
+    t.same(await rows(url, 'SELECT role FROM users'), [{ role: 'MEMBER' }], 'still a MEMBER')
+    t.same(await rows(url, "SELECT id FROM audit_log WHERE action LIKE 'admin.%'"), [], 'nothing audited')
+  }
+
+  const plain = await admin(['create', '--email', 'Boss@Example.com'], env, 'pw of the operator 1234\n')
+  t.equal(plain.code, 1)
+  t.match(plain.stderr, /^A user with e-mail boss@example\.com already exists, and its address has never been verified: anyone could have registered it, and would know its password\. Only if you registered it yourself, add --promote --promote-unverified/,
+    'the refusal says the address is unverified and what that means')
+  t.notMatch(plain.stderr, /add --promote to make/, 'no bare --promote suggested')
+
+  const promote = await admin(['create', '--email', 'boss@example.com', '--promote'], env, 'pw of the operator 1234\n')
+  t.equal(promote.code, 1, '--promote alone refuses an unverified address')
+  t.match(promote.stderr, /^Refused: the address boss@example\.com \(user [0-9a-f-]{36}\) has never been verified, so anyone could have registered it, .* run the command again with --promote --promote-unverified; .* Nothing was changed\.\n$/)
+  t.equal(promote.stdout, '')
+  await unchanged()
+
+  const withPassword = await admin(['create', '--email', 'boss@example.com', '--promote', '--promote-unverified'], { ...env, GATEHOUSE_ADMIN_PASSWORD: 'pw of the operator 1234' })
+  t.equal(withPassword.code, 1)
+  t.match(withPassword.stderr, /^--promote keeps the account's password; do not give one/)
+  await unchanged()
+
+  // The operator did register it: the warning comes first, then the change.
+  const allowed = await admin(['create', '--email', 'boss@example.com', '--promote', '--promote-unverified'], env)
+  t.equal(allowed.code, 0, allowed.stderr)
+  t.match(allowed.stderr, /^Warning: the address boss@example\.com \(user [0-9a-f-]{36}\) has never been verified: anyone could have registered it, and its password, whoever chose it, will sign in as ADMIN\./)
+  t.match(allowed.stdout, /^promoted boss@example\.com \(user [0-9a-f-]{36}\) from MEMBER to ADMIN; its password was not changed\n$/, 'the warning came before; the line says what was done')
+  const [event] = await rows<{ details: unknown }>(url, "SELECT details FROM audit_log WHERE action = 'admin.promoted_by_cli'")
+  t.match(event?.details, { email: 'boss@example.com', emailVerified: false }, 'the audit row records that the address was unverified')
 })
 
 t.test('the embedded database: refused while a server holds it, then written', async t => {
