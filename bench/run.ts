@@ -221,6 +221,9 @@ async function main (): Promise<void> {
     RATE_LIMIT_TOKEN_MAX: '1000000000',
     REFRESH_MAX_PER_SESSION: '1000000',
     LOGIN_MAX_PER_IP: '1000000',
+    // One account signs in on every connection at once, and an attempt holds its place in the
+    // account's limit until it is decided (a success then clears the count).
+    LOGIN_MAX_PER_ACCOUNT: '1000000',
     MAGIC_LINKS: 'disabled',
     JWT_PRIVATE_KEY: privatePem
   }, '/api/health')

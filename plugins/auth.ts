@@ -22,6 +22,9 @@ export type Auth =
   | { kind: 'session', userId: string, sessionId: string, role: 'ADMIN' | 'MEMBER', workspaceId: number | null, token: null }
   | { kind: 'integration', userId: string, sessionId: null, role: null, workspaceId: number, token: IntegrationTokenRecord }
 
+/** The tokens a sign-in answers (see `sessionTokens`). */
+export interface SessionTokens { accessToken: string, expiresIn: number, refreshToken?: string }
+
 /** Where a request came from, for session metadata and the audit log. */
 export interface Origin { ip: string, userAgent?: string }
 
@@ -61,7 +64,12 @@ export interface PendingSession {
   row: Insertable<SessionsTable>
 }
 
-export type RevokeReason = 'logout' | 'logout_all' | 'revoked' | 'refresh_reuse' | 'user_deactivated'
+export type RevokeReason = 'logout' | 'logout_all' | 'revoked' | 'refresh_reuse' | 'user_deactivated' | 'mailbox_proven'
+
+/** What a token presented to end a session proved (see `sessionOfRefreshToken`). */
+export type PresentedSession =
+  | { status: 'live' | 'over', sessionId: string }
+  | { status: 'invalid' }
 
 export interface Sessions {
   /**
@@ -78,14 +86,35 @@ export interface Sessions {
    */
   prepare: (options: StartSession) => PendingSession
   activate: <U extends Pick<UserRecord, 'id' | 'role'>>(pending: PendingSession, write: () => Promise<U>) => Promise<{ session: IssuedSession, user: U }>
-  /** Rotates a refresh token; throws 401 for an invalid or reused one, 403 for an inactive user. */
+  /**
+   * Rotates a refresh token; throws 401 for an invalid or reused one, 403 for an inactive
+   * user, 429 past the session's REFRESH_MAX_PER_SESSION (only valid tokens count).
+   */
   refresh: (refreshToken: string, origin: Origin) => Promise<IssuedSession>
-  /** True when the refresh token is the current (or grace) token of a live session; that session id. */
-  sessionOfRefreshToken: (refreshToken: string) => Promise<string | undefined>
+  /**
+   * The session a refresh token names, for a client that wants it ended (logout): `live` for
+   * the current (or grace) token of a live session; `over` for a token that was already
+   * rotated — reuse, which revokes the whole session here exactly as on refresh (store,
+   * every instance, PostgreSQL, audit); `invalid` for anything else.
+   */
+  sessionOfRefreshToken: (refreshToken: string, origin: Origin) => Promise<PresentedSession>
+  /**
+   * The session an access token names, expired or not (a logout with it still ends the
+   * session): `over` when the session is revoked already, `invalid` when it does not verify.
+   */
+  sessionOfAccessToken: (accessToken: string) => Promise<PresentedSession>
   /** Ends a session everywhere: store, revocation set on every instance, PostgreSQL. */
   revoke: (sessionId: string, reason: RevokeReason, actor: Actor) => Promise<void>
   /** Ends every live session of a user (but `except`); how many. */
   revokeAll: (userId: string, reason: RevokeReason, actor: Actor, except?: string) => Promise<number>
+  /**
+   * Ends every live session of a user inside the caller's transaction (no audit row: the
+   * caller writes its own); their ids. The rows are marked revoked in `trx`, and the sessions
+   * end in the store and on every instance at once, before the caller commits: a store failure
+   * rolls the caller's transaction back, and a rollback after it leaves them ended — never
+   * marked ended while their refresh tokens still work.
+   */
+  revokeAllIn: (trx: Transaction<Database>, userId: string, reason: RevokeReason) => Promise<string[]>
   /** Is this session revoked (in-process, no store round trip)? */
   isRevoked: (sessionId: string) => boolean
   /**
@@ -116,7 +145,7 @@ declare module 'fastify' {
     auth: Auth | null
     /** Set when an Authorization header was sent but did not verify. */
     authInvalid: boolean
-    /** The user of a valid token whose session is revoked. */
+    /** The user of a valid token whose session is revoked, or of a revoked integration token. */
     revokedUserId: string | null
     /** The signed-in user, set by `fastify.authenticate`. */
     user: UserRecord | null
@@ -137,6 +166,12 @@ declare module 'fastify' {
     authenticateHook: preParsingHookHandler
     /** Sets the refresh_token and access_token cookies. */
     setSessionCookies: (reply: FastifyReply, session: IssuedSession) => void
+    /**
+     * Sets the session cookies and answers the tokens of a sign-in: the refresh token in the
+     * body only to clients that sent no Origin (scripts, mobile apps); browsers get it only as
+     * the HttpOnly cookie.
+     */
+    sessionTokens: (request: FastifyRequest, reply: FastifyReply, session: IssuedSession) => SessionTokens
     clearSessionCookies: (reply: FastifyReply) => void
     /** Replaces the access_token cookie (the WebSocket's) after a workspace switch. */
     setAccessCookie: (reply: FastifyReply, accessToken: string) => void
@@ -181,6 +216,7 @@ export default fp(async (fastify) => {
   const { config, store, db, keys, integrationTokens } = fastify
   const production = isProduction(config)
   const graceMs = config.REFRESH_GRACE
+  const refreshLimit = { max: config.REFRESH_MAX_PER_SESSION, windowMs: config.RATE_LIMIT_WINDOW }
   const revokedFor = config.JWT_ACCESS_TTL + CLOCK_TOLERANCE
 
   await fastify.register(cookie, { hook: false })
@@ -285,6 +321,20 @@ export default fp(async (fastify) => {
       .execute()
   }
 
+  /**
+   * A token that was already rotated came back after the grace window: it was stolen or
+   * replayed, and the store has deleted its session (the rotation script does, whoever asked).
+   * End its access tokens on every instance, mark it revoked and audit it.
+   */
+  const revokeForReuse = async (sessionId: string, userId: string, origin: Origin, presentedTo: 'refresh' | 'logout'): Promise<void> => {
+    await revokeInStore(sessionId)
+    await db.transaction().execute(async trx => {
+      await markRevoked(trx, [sessionId], 'refresh_reuse')
+      await audit(trx, { action: 'session.refresh_reuse', actorUserId: userId, subjectType: 'session', subjectId: sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { presentedTo } })
+    })
+    fastify.log.warn({ sessionId, userId, presentedTo }, 'refresh token reuse: session revoked')
+  }
+
   /** A session's first tokens. */
   const issued = ({ sessionId, refreshToken, state }: Pick<PendingSession, 'sessionId' | 'refreshToken' | 'state'>, user: Pick<UserRecord, 'id' | 'role'>): IssuedSession => {
     const access = issueAccessToken(user.id, user.role, sessionId, state)
@@ -353,17 +403,14 @@ export default fp(async (fastify) => {
       const sessionId = sessionIdOf(refreshToken)
       if (sessionId === undefined) throw errors.unauthorized('Invalid refresh token', 'INVALID_REFRESH_TOKEN')
       const successor = successorOf(keys.sessionSecret, refreshToken, sessionId)
-      const result = await store.rotateRefreshToken(sessionId, hashToken(refreshToken), hashToken(successor), fastify.now(), graceMs)
+      // A valid token is counted against its own session, in the rotation itself: a client
+      // stuck in a refresh loop (or a stolen token) cannot hammer it, and tokens that merely
+      // name the session (its id is no secret) cannot spend its budget.
+      const result = await store.rotateRefreshTokenWithLimit(sessionId, hashToken(refreshToken), hashToken(successor), fastify.now(), graceMs, refreshLimit)
+      if (result.status === 'limited') throw errors.tooManyRequests('Too many refreshes for this session, please try again later.', result.retryAfterMs)
       if (result.status === 'invalid') throw errors.unauthorized('Invalid refresh token', 'INVALID_REFRESH_TOKEN')
       if (result.status === 'reused') {
-        // A token that was already rotated came back after the grace window: it was stolen
-        // or replayed. The store has deleted the session; end its access tokens too.
-        await revokeInStore(sessionId)
-        await db.transaction().execute(async trx => {
-          await markRevoked(trx, [sessionId], 'refresh_reuse')
-          await audit(trx, { action: 'session.refresh_reuse', actorUserId: result.userId, subjectType: 'session', subjectId: sessionId, ip: origin.ip, userAgent: origin.userAgent })
-        })
-        fastify.log.warn({ sessionId, userId: result.userId }, 'refresh token reuse: session revoked')
+        await revokeForReuse(sessionId, result.userId, origin, 'refresh')
         throw errors.unauthorized('Invalid refresh token', 'INVALID_REFRESH_TOKEN')
       }
       const { session } = result
@@ -377,14 +424,26 @@ export default fp(async (fastify) => {
       return issued({ sessionId, refreshToken: successor, state: session }, user)
     },
 
-    async sessionOfRefreshToken (refreshToken) {
+    async sessionOfRefreshToken (refreshToken, origin) {
       const sessionId = sessionIdOf(refreshToken)
-      if (sessionId === undefined) return undefined
+      if (sessionId === undefined) return { status: 'invalid' }
       // A rotation to the token's own successor proves possession without changing what the
       // holder can do next (the successor is what a refresh would have given anyway).
       const successor = successorOf(keys.sessionSecret, refreshToken, sessionId)
       const result = await store.rotateRefreshToken(sessionId, hashToken(refreshToken), hashToken(successor), fastify.now(), graceMs)
-      return result.status === 'rotated' || result.status === 'grace' ? sessionId : undefined
+      if (result.status === 'reused') {
+        // The store has deleted the session: whatever path the stolen token came back by, the
+        // rest of the revocation must follow, or its access tokens would live on.
+        await revokeForReuse(sessionId, result.userId, origin, 'logout')
+        return { status: 'over', sessionId }
+      }
+      return result.status === 'invalid' ? { status: 'invalid' } : { status: 'live', sessionId }
+    },
+
+    async sessionOfAccessToken (accessToken) {
+      const claims = await keys.verifyIgnoringExpiry(accessToken).catch(() => undefined)
+      if (claims === undefined) return { status: 'invalid' }
+      return { status: sessions.isRevoked(claims.sid) ? 'over' : 'live', sessionId: claims.sid }
     },
 
     async revoke (sessionId, reason, actor) {
@@ -421,6 +480,15 @@ export default fp(async (fastify) => {
       return ids.length
     },
 
+    async revokeAllIn (trx, userId, reason) {
+      const ids = (await trx.selectFrom('sessions').select('id')
+        .where('user_id', '=', userId).where('revoked_at', 'is', null).where('expires_at', '>', new Date(fastify.now()))
+        .execute()).map(row => row.id)
+      await markRevoked(trx, ids, reason)
+      await Promise.all(ids.map(revokeInStore))
+      return ids
+    },
+
     isRevoked: sessionId => {
       const until = revoked.get(sessionId)
       return until !== undefined && until > Date.now()
@@ -450,8 +518,10 @@ export default fp(async (fastify) => {
     request.auth = { kind: 'session', userId: claims.sub, sessionId: claims.sid, role: claims.role, workspaceId: claims.wid ?? null, token: null }
   }
   const acceptToken = (request: FastifyRequest, record: IntegrationTokenRecord | undefined): void => {
-    if (record === undefined) {
+    if (record === undefined || record.revoked) {
       request.authInvalid = true
+      // Whose it was: signedIn tells a deactivated user why (403), as for a revoked session.
+      if (record !== undefined) request.revokedUserId = record.userId
       return
     }
     integrationTokens.used(record)
@@ -552,6 +622,12 @@ export default fp(async (fastify) => {
     })
     // For the WebSocket upgrade only: never accepted as authentication anywhere else.
     reply.setCookie(ACCESS_COOKIE, session.accessToken, { ...cookieBase, path: '/api/ws' })
+  })
+  fastify.decorate('sessionTokens', (request: FastifyRequest, reply: FastifyReply, session: IssuedSession): SessionTokens => {
+    fastify.setSessionCookies(reply, session)
+    const tokens: SessionTokens = { accessToken: session.accessToken, expiresIn: session.expiresIn }
+    if (request.headers.origin === undefined) tokens.refreshToken = session.refreshToken
+    return tokens
   })
   fastify.decorate('setAccessCookie', (reply: FastifyReply, accessToken: string) => {
     reply.setCookie(ACCESS_COOKIE, accessToken, { ...cookieBase, path: '/api/ws' })

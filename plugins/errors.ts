@@ -49,9 +49,12 @@ const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE
 const POOL_MESSAGES = /^(timeout exceeded when trying to connect|Connection terminated( unexpectedly| due to connection timeout)?|Client has encountered a connection error and is not queryable)$/
 
 /** True for an error that says PostgreSQL cannot be reached or did not answer in time. */
-export function databaseUnavailable (error: { code?: unknown, message?: unknown }): boolean {
+export function databaseUnavailable (error: { code?: unknown, message?: unknown, syscall?: unknown }): boolean {
   const code = typeof error.code === 'string' ? error.code : ''
   return code.startsWith('08') || DATABASE_DOWN_CODES.has(code) || NETWORK_CODES.has(code) ||
+    // A Unix socket that is gone (the embedded database's socket folder removed): connect ENOENT.
+    // Not ENOENT in general, which also means a file that is not there.
+    (code === 'ENOENT' && error.syscall === 'connect') ||
     (typeof error.message === 'string' && POOL_MESSAGES.test(error.message))
 }
 
@@ -132,6 +135,7 @@ export default fp(async (fastify) => {
     } else if (statusCode !== 404) {
       request.log.info({ statusCode, code: body.code }, body.error)
     }
+    if (isHttpError(error) && error.retryAfter !== undefined) reply.header('Retry-After', error.retryAfter)
     return await reply.code(statusCode).type('application/json; charset=utf-8').send(body)
   })
 

@@ -13,6 +13,11 @@ export interface IntegrationTokenRecord {
   expiresAt: number | null
   /** When its last use was (or will be) written, ms; for the once-a-minute batching. */
   lastUsedWritten: number
+  /**
+   * A revoked token authenticates nothing, but its record says whose it was: a deactivated
+   * user's revoked token is told why (403 USER_INACTIVE), as the user's revoked sessions are.
+   */
+  revoked: boolean
 }
 
 export interface IntegrationTokens {
@@ -20,7 +25,8 @@ export interface IntegrationTokens {
   bearer: RegExp
   /**
    * The live token for a raw token: synchronously when cached (the steady state: no query),
-   * otherwise a promise (one query). Undefined for an unknown, revoked or expired token.
+   * otherwise a promise (one query). Undefined for an unknown or expired token; a revoked
+   * one comes with `revoked` set.
    */
   lookup: (raw: string) => IntegrationTokenRecord | undefined | Promise<IntegrationTokenRecord | undefined>
   /** Notes a use: `lastUsedAt` is written in batches, at most about once a minute per token. */
@@ -94,10 +100,10 @@ export default fp(async (fastify) => {
   store.onReconnect(() => { listen().catch(error => fastify.log.warn({ err: error }, 'could not resubscribe to token revocations')) })
 
   const load = async (hash: string): Promise<IntegrationTokenRecord | undefined> => {
-    const row: Pick<Selectable<IntegrationTokensTable>, 'id' | 'user_id' | 'workspace_id' | 'scope' | 'expires_at' | 'last_used_at'> | undefined =
+    const row: Pick<Selectable<IntegrationTokensTable>, 'id' | 'user_id' | 'workspace_id' | 'scope' | 'expires_at' | 'last_used_at' | 'revoked_at'> | undefined =
       await db.selectFrom('integration_tokens')
-        .select(['id', 'user_id', 'workspace_id', 'scope', 'expires_at', 'last_used_at'])
-        .where('token_hash', '=', hash).where('revoked_at', 'is', null)
+        .select(['id', 'user_id', 'workspace_id', 'scope', 'expires_at', 'last_used_at', 'revoked_at'])
+        .where('token_hash', '=', hash)
         .executeTakeFirst()
     return row === undefined
       ? undefined
@@ -107,7 +113,8 @@ export default fp(async (fastify) => {
           workspaceId: row.workspace_id,
           scope: row.scope,
           expiresAt: row.expires_at === null ? null : new Date(row.expires_at).getTime(),
-          lastUsedWritten: row.last_used_at === null ? 0 : new Date(row.last_used_at).getTime()
+          lastUsedWritten: row.last_used_at === null ? 0 : new Date(row.last_used_at).getTime(),
+          revoked: row.revoked_at !== null
         }
   }
 

@@ -1,12 +1,29 @@
 import rateLimit from '@fastify/rate-limit'
-import { createRequire } from 'node:module'
-import type { onRequestHookHandler, RouteOptions } from 'fastify'
+import type { FastifyReply, FastifyRequest, onRequestHookHandler, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { errors } from '../src/errors.js'
+import { ipKey } from '../src/lib/ip-key.js'
 import type { Store } from '../src/store/index.js'
 
-// @fastify/rate-limit's own IP normalization (IPv6 addresses are counted per /56 subnet).
-const { normalizeIP } = createRequire(import.meta.url)('@fastify/rate-limit') as { normalizeIP: (ip: string) => string }
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /**
+     * 'in-handler': the route is left out of the per-IP hook and counts its requests itself —
+     * one that presents a valid session is charged to that session, any other calls
+     * `fastify.limitAnonymous` (refresh and logout: SPEC decision 12, so that an office behind
+     * one address does not sign its users out).
+     */
+    anonymousLimit?: 'in-handler'
+  }
+  interface FastifyInstance {
+    /**
+     * The per-IP hook's work, for a route that counts itself: counts the request against its
+     * IP's RATE_LIMIT_MAX (or its user's or token's limit, when it carries a valid one), sets
+     * the RateLimit headers and throws the 429. At most once per request.
+     */
+    limitAnonymous: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+  }
+}
 
 /** Route paths under the per-IP limit of SPEC decision 8 (seed 002: all of /api/*; seed 000's /auth/*). */
 const LIMITED_PREFIXES = ['/api/', '/auth/']
@@ -115,8 +132,10 @@ function storeAdapter (store: Store, batched: BatchedCounters, namespace: string
  * Unauthenticated /api/* traffic: RATE_LIMIT_MAX requests per RATE_LIMIT_WINDOW per IP
  * (default 100 per 15 minutes, seed 002); requests with a valid access token:
  * RATE_LIMIT_AUTHENTICATED_MAX per user; integration tokens RATE_LIMIT_TOKEN_MAX per token. With draft-spec RateLimit-* headers and a 429 in
- * the SPEC's error body. The client IP honours X-Forwarded-For only under TRUST_PROXY.
- * Routes opt out with `config: { rateLimit: false }` (health probes, public keys).
+ * the SPEC's error body. The client IP honours X-Forwarded-For only under TRUST_PROXY; an
+ * IPv6 client counts per RATE_LIMIT_IPV6_PREFIX network (src/lib/ip-key.ts).
+ * Routes opt out with `config: { rateLimit: false }` (health probes, public keys), or count
+ * themselves with `config: { anonymousLimit: 'in-handler' }` (refresh, logout).
  * When the store is unreachable the limit is skipped rather than failing the request.
  */
 export default fp(async (fastify) => {
@@ -130,7 +149,7 @@ export default fp(async (fastify) => {
     global: false,
     // Signed-in traffic is counted per user or per integration token (SPEC decision 8), the rest per IP.
     keyGenerator: request => request.auth === null
-      ? normalizeIP(request.ip)
+      ? ipKey(request.ip, config.RATE_LIMIT_IPV6_PREFIX)
       : request.auth.kind === 'integration' ? `token:${request.auth.token.id}` : `user:${request.auth.userId}`,
     max: (_request, key) => key.startsWith('user:')
       ? config.RATE_LIMIT_AUTHENTICATED_MAX
@@ -147,8 +166,11 @@ export default fp(async (fastify) => {
   })
 
   const ipLimit: onRequestHookHandler = fastify.rateLimit()
+  fastify.decorate('limitAnonymous', async (request: FastifyRequest, reply: FastifyReply) => {
+    await (ipLimit as (request: FastifyRequest, reply: FastifyReply) => Promise<void>).call(fastify, request, reply)
+  })
   fastify.addHook('onRoute', (route: RouteOptions) => {
-    if (route.config?.rateLimit === false || route.config?.rateLimit != null) return
+    if (route.config?.rateLimit != null || route.config?.anonymousLimit === 'in-handler') return
     if (!LIMITED_PREFIXES.some(prefix => route.url.startsWith(prefix))) return
     const hooks = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
     route.onRequest = [ipLimit, ...hooks]

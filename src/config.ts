@@ -109,8 +109,9 @@ export const ConfigSchema = Type.Object({
     accepts: 'false, true, a number of hops, or a comma-separated list of IP addresses or CIDR ranges'
   }),
   BODY_LIMIT: size('1mb', { description: 'Largest accepted request body.' }),
-  RATE_LIMIT_MAX: integer(100, 1, 1_000_000_000, 'Unauthenticated requests per IP per RATE_LIMIT_WINDOW on /api/* and /auth/*.'),
+  RATE_LIMIT_MAX: integer(100, 1, 1_000_000_000, 'Unauthenticated requests per IP per RATE_LIMIT_WINDOW on /api/* and /auth/*. A refresh or logout that presents a valid session counts against that session instead.'),
   RATE_LIMIT_WINDOW: duration('15m', { description: 'Window of the per-IP rate limit.' }),
+  RATE_LIMIT_IPV6_PREFIX: integer(64, 1, 128, 'Every per-IP limit (the one above, the sign-in and magic-link limits) counts an IPv6 client per network of this prefix length, since a client may use any address of the /64 it was given; 128 counts each address. IPv4 addresses, also written as ::ffff:a.b.c.d, count one by one.'),
   DOCS: oneOf(['enabled', 'disabled'], 'enabled', 'The OpenAPI document (/docs/json) and its UI (/docs). disabled answers 404 there, for deployments that do not publish their API description.'),
   RESPONSE_ENVELOPE: oneOf(['none', 'success'], 'none',
     'success wraps every JSON answer of the API in an envelope, for clients written against that shape: {success, data} or {success:false, message, code}.'),
@@ -135,9 +136,9 @@ export const ConfigSchema = Type.Object({
   INTEGRATION_TOKEN_PREFIX: Type.String({ default: 'gtk_', pattern: '^[a-z][a-z0-9]{0,15}_$', description: 'Prefix of new integration tokens (a FlockPal deployment sets flpt_). Tokens are recognised by it.', accepts: 'lower-case letters and digits ending in _, such as gtk_' }),
   INTEGRATION_TOKEN_MAX_DAYS: integer(3650, 1, 36500, 'Longest expiresInDays accepted for an integration token.'),
   LOGIN_MAX_PER_IP: integer(30, 1, 1_000_000, 'Sign-in and registration attempts per IP per LOGIN_WINDOW.'),
-  LOGIN_MAX_PER_ACCOUNT: integer(10, 1, 1_000_000, 'Sign-in attempts per e-mail address per LOGIN_WINDOW (whether or not the account exists).'),
+  LOGIN_MAX_PER_ACCOUNT: integer(10, 1, 1_000_000, 'Failed sign-ins per e-mail address per LOGIN_WINDOW (whether or not the account exists). Each attempt is counted before its password is checked, so parallel guesses cannot pass it; a successful sign-in clears the count.'),
   LOGIN_WINDOW: duration('15m', { description: 'Window of the sign-in limits.' }),
-  REFRESH_MAX_PER_SESSION: integer(120, 1, 1_000_000, 'Refreshes per session per RATE_LIMIT_WINDOW.'),
+  REFRESH_MAX_PER_SESSION: integer(120, 1, 1_000_000, 'Refreshes per session per RATE_LIMIT_WINDOW. Only valid refresh tokens count; invalid ones count against the IP.'),
 
   ALLOWED_REDIRECTS: list('', {
     description: 'Comma-separated origins (besides FRONTEND_URL\'s) that sign-ins may redirect to; anything else falls back to FRONTEND_URL.',

@@ -10,6 +10,8 @@ export interface HttpError extends Error {
   statusCode: number
   code: string
   details?: Record<string, unknown>
+  /** Seconds a client should wait (a 429's Retry-After header), when the thrower knows it. */
+  retryAfter?: number
 }
 
 const BadRequest = createError('BAD_REQUEST', '%s', 400)
@@ -43,7 +45,11 @@ export const errors = {
   gone: (message: string, code = 'GONE') => make(Gone, message, code),
   /** A body that is not JSON where JSON is expected (415). */
   unsupportedMediaType: () => make(UnsupportedMediaType, 'Unsupported content type; send application/json', 'UNSUPPORTED_MEDIA_TYPE'),
-  tooManyRequests: (message = 'Too many requests from this IP, please try again later.') => make(TooManyRequests, message, 'RATE_LIMITED'),
+  tooManyRequests: (message = 'Too many requests from this IP, please try again later.', retryAfterMs?: number) => {
+    const error = make(TooManyRequests, message, 'RATE_LIMITED')
+    if (retryAfterMs !== undefined) error.retryAfter = Math.max(1, Math.ceil(retryAfterMs / 1000))
+    return error
+  },
   unavailable: (message: string, code = 'SERVICE_UNAVAILABLE') => make(Unavailable, message, code)
 }
 

@@ -254,7 +254,10 @@ export interface FakeProviderOptions {
 
 export interface FakeProviderStandIn {
   issuer: string
-  /** Fetches the authorization URL and returns where it redirects (code and state, no login). */
+  /**
+   * Fetches the authorization URL and returns where it redirects (code and state, no login);
+   * for response_mode=form_post, where its page posts, with the posted fields as the query.
+   */
   authorize: (authorizationUrl: string) => Promise<string>
   /** How many requests reached /token (successful or not). */
   readonly tokenRequests: number
@@ -268,6 +271,10 @@ function oauthError (error: string, description: string): { error: string, error
   return { error, error_description: description }
 }
 
+const HTML_ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }
+const escapeHtml = (value: string): string => value.replace(/[&<>"']/g, character => HTML_ESCAPES[character]!)
+const unescapeHtml = (value: string): string => value.replace(/&(amp|lt|gt|quot|#39);/g, entity => Object.entries(HTML_ESCAPES).find(([, escaped]) => escaped === entity)![0])
+
 // RFC 6749 2.3.1: client_secret_basic credentials are form-encoded before base64.
 function formDecode (value: string): string {
   return decodeURIComponent(value.replace(/\+/g, ' '))
@@ -275,7 +282,8 @@ function formDecode (value: string): string {
 
 /**
  * A hand-written IdP (Fastify + jose) that skips login and consent and, on request, issues
- * a broken id_token. Everything else (discovery, JWKS, PKCE, one-time codes, client
+ * a broken id_token. With response_mode=form_post it answers as Apple does: a page that posts
+ * code and state to the redirect_uri from its own origin. Everything else (discovery, JWKS, PKCE, one-time codes, client
  * authentication) is done properly, so that only the chosen fault makes a client fail.
  */
 export async function startFakeProvider (t: TestContext, options: FakeProviderOptions): Promise<FakeProviderStandIn> {
@@ -328,9 +336,16 @@ export async function startFakeProvider (t: TestContext, options: FakeProviderOp
       codeChallenge: query.code_challenge,
       ...(query.nonce === undefined ? {} : { nonce: query.nonce })
     })
+    const answer: Record<string, string> = { code }
+    if (query.state !== undefined) answer.state = query.state
+    if (query.response_mode === 'form_post') {
+      // As Apple does: a page that posts the answer to the redirect_uri at once, from this origin.
+      const fields = Object.entries(answer).map(([name, value]) => `<input type="hidden" name="${escapeHtml(name)}" value="${escapeHtml(value)}">`).join('')
+      return await reply.type('text/html; charset=utf-8').send('<!doctype html><html><body onload="document.forms[0].submit()">' +
+        `<form method="post" action="${escapeHtml(query.redirect_uri)}">${fields}</form></body></html>`)
+    }
     const target = new URL(query.redirect_uri)
-    target.searchParams.set('code', code)
-    if (query.state !== undefined) target.searchParams.set('state', query.state)
+    for (const [name, value] of Object.entries(answer)) target.searchParams.set(name, value)
     return await reply.redirect(target.toString(), 302)
   })
 
@@ -393,6 +408,13 @@ export async function startFakeProvider (t: TestContext, options: FakeProviderOp
     issuer,
     async authorize (authorizationUrl: string): Promise<string> {
       const response = await fetch(authorizationUrl, { redirect: 'manual' })
+      if (response.status === 200 && new URL(authorizationUrl).searchParams.get('response_mode') === 'form_post') {
+        // The fields the page would post, as the query of the URL it posts to.
+        const page = await response.text()
+        const target = new URL(unescapeHtml(/<form method="post" action="([^"]*)">/.exec(page)![1]!))
+        for (const [, name, value] of page.matchAll(/<input type="hidden" name="([^"]*)" value="([^"]*)">/g)) target.searchParams.set(unescapeHtml(name!), unescapeHtml(value!))
+        return target.toString()
+      }
       const location = response.headers.get('location')
       if (response.status !== 302 || location === null) {
         throw new Error(`fake provider answered ${response.status}: ${(await response.text()).slice(0, 500)}`)

@@ -69,7 +69,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (isActive === undefined && role === undefined) throw errors.invalidPayload('user update', { body: 'must set isActive or role' })
     if (!UUID_PATTERN.test(request.params.id)) throw errors.notFound('user')
     const origin = fastify.originOf(request)
-    const { before, after } = await db.transaction().execute(async trx => {
+    const { before, after, tokenIds } = await db.transaction().execute(async trx => {
       // Admin changes are serialized, so two admins cannot demote each other at once.
       await trx.selectNoFrom(eb => eb.fn('pg_advisory_xact_lock', [eb.fn('hashtext', [eb.val('gatehouse:admins')])]).as('locked')).execute()
       const before = await trx.selectFrom('users').select(USER_COLUMNS).where('id', '=', request.params.id).executeTakeFirst()
@@ -83,6 +83,13 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       const after = await trx.updateTable('users')
         .set({ ...(isActive === undefined ? {} : { is_active: isActive }), ...(role === undefined ? {} : { role }), updated_at: new Date(fastify.now()) })
         .where('id', '=', before.id).returning(USER_COLUMNS).executeTakeFirstOrThrow()
+      // Deactivation revokes the user's integration tokens for good: a reactivation does not
+      // bring them back (nor the sessions, which end below).
+      const deactivated = before.is_active && !after.is_active
+      const tokens = deactivated
+        ? await trx.updateTable('integration_tokens').set({ revoked_at: new Date(fastify.now()) })
+          .where('user_id', '=', before.id).where('revoked_at', 'is', null).returning('id').execute()
+        : []
       await audit(trx, {
         action: 'admin.user_updated',
         actorUserId: request.user!.id,
@@ -90,11 +97,17 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         subjectId: before.id,
         ip: origin.ip,
         userAgent: origin.userAgent,
-        details: { before: { isActive: before.is_active, role: before.role }, after: { isActive: after.is_active, role: after.role } }
+        details: {
+          before: { isActive: before.is_active, role: before.role },
+          after: { isActive: after.is_active, role: after.role },
+          ...(deactivated ? { tokensRevoked: tokens.length } : {})
+        }
       })
-      return { before, after }
+      return { before, after, tokenIds: tokens.map(token => token.id) }
     })
     await fastify.users.changed(after.id)
+    // After the commit: before it, another instance could read the tokens back as live.
+    await fastify.integrationTokens.revoked(tokenIds)
     if (before.is_active && !after.is_active) {
       await sessions.revokeAll(after.id, 'user_deactivated', { userId: request.user!.id, origin })
     }

@@ -5,8 +5,7 @@ import { isProduction } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
 import { hashPassword, passwordProblem, preparePasswords, verifyPassword } from '../../src/auth/passwords.js'
-import { emailKey, signInThrottle, throttle } from '../../src/auth/throttle.js'
-import { sessionIdOf } from '../../src/auth/refresh-tokens.js'
+import { emailKey, refuseOver, refuseOverSignInBudget, signInIpKey, signInThrottle } from '../../src/auth/throttle.js'
 import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson, USER_COLUMNS } from '../../src/auth/users.js'
 import { Email, errorResponses, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
 import { defaultWorkspaceQuery, workspaceForSignIn } from '../../src/tenancy/workspaces.js'
@@ -84,16 +83,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   /** Browsers (which send Origin) get the refresh token only as an HttpOnly cookie. */
-  const tokenAnswer = (request: FastifyRequest, reply: FastifyReply, session: IssuedSession, user: PublicUser) => {
-    fastify.setSessionCookies(reply, session)
-    const answer: { accessToken: string, expiresIn: number, refreshToken?: string, user: PublicUser } = {
-      accessToken: session.accessToken,
-      expiresIn: session.expiresIn,
-      user
-    }
-    if (request.headers.origin === undefined) answer.refreshToken = session.refreshToken
-    return answer
-  }
+  const tokenAnswer = (request: FastifyRequest, reply: FastifyReply, session: IssuedSession, user: PublicUser) =>
+    ({ ...fastify.sessionTokens(request, reply, session), user })
 
   fastify.post('/api/auth/register', {
     config: { payload: 'registration' },
@@ -137,25 +128,30 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const origin = fastify.originOf(request)
     // Failures per address, whether or not it has an account, so the limit reveals nothing.
     const failuresKey = `signin:fail:${emailKey(email)}`
-    // The per-IP budget, the address's failures and the account are asked for at once: one
-    // round trip to each store (the two store commands leave in one pipeline). The account
-    // comes with its default workspace, so that the session can be stored while its row is
-    // written below.
-    const [, failures, found] = await Promise.all([
-      signInLimit(request, reply),
-      store.get(failuresKey),
+    // The per-IP budget, the address's count and the account are asked for at once: one
+    // round trip to each store (the two counters leave in one pipeline). The account comes
+    // with its default workspace, so that the session can be stored while its row is written
+    // below. The attempt is counted on the address before the hash — a reservation, not a
+    // read — so that guesses in parallel, on any instance, cannot outrun the limit: at most
+    // LOGIN_MAX_PER_ACCOUNT of them are verified per window (SPEC decision 12).
+    const [perIp, attempts, found] = await Promise.all([
+      store.increment(signInIpKey(config, request), config.LOGIN_WINDOW),
+      store.increment(failuresKey, config.LOGIN_WINDOW),
       prepared(db, db.selectFrom('users').select([...USER_COLUMNS, 'password_hash'])
         .select(eb => defaultWorkspaceQuery(db, eb.ref('users.id')).as('workspace_id'))
         .where('email', '=', email)).then(rows => rows[0])
     ])
-    if (Number(failures ?? 0) >= config.LOGIN_MAX_PER_ACCOUNT) {
-      reply.header('Retry-After', Math.ceil(config.LOGIN_WINDOW / 1000))
-      throw errors.tooManyRequests('Too many failed sign-in attempts for this account, please try again later.')
+    if (perIp.count > config.LOGIN_MAX_PER_IP && attempts.count <= config.LOGIN_MAX_PER_ACCOUNT) {
+      // Refused for its IP, the attempt gives the address its reservation back: an IP past
+      // its budget must not go on locking accounts out without a guess.
+      await store.release(failuresKey).catch(() => {})
     }
+    refuseOverSignInBudget(config, reply, perIp)
+    refuseOver(reply, attempts, config.LOGIN_MAX_PER_ACCOUNT, 'Too many failed sign-in attempts for this account, please try again later.')
     // Unknown address and wrong password take the same time (a dummy hash) and answer alike.
     const valid = await verifyPassword(found?.password_hash, request.body.password)
     if (!valid || found === undefined) {
-      await store.increment(failuresKey, config.LOGIN_WINDOW)
+      // The reservation stays: it is this failure's count.
       await audit(db, {
         action: 'auth.login_failed',
         subjectType: 'user',
@@ -167,7 +163,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       throw errors.unauthorized('Invalid email or password', 'INVALID_CREDENTIALS')
     }
     if (!found.is_active) {
-      await audit(db, { action: 'auth.login_refused', actorUserId: found.id, subjectType: 'user', subjectId: found.id, ip: origin.ip, userAgent: origin.userAgent, details: { reason: 'inactive' } })
+      // The right password is not a failure: the reservation is given back.
+      await Promise.all([
+        store.release(failuresKey),
+        audit(db, { action: 'auth.login_refused', actorUserId: found.id, subjectType: 'user', subjectId: found.id, ip: origin.ip, userAgent: origin.userAgent, details: { reason: 'inactive' } })
+      ])
       throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
     }
     const rememberMe = request.body.rememberMe === true
@@ -175,19 +175,31 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     // account from before workspaces) gets a personal one now.
     const workspaceId = found.workspace_id ?? (await db.transaction().execute(async trx => await workspaceForSignIn(trx, found, false))).workspaceId
     const pending = sessions.prepare({ user: found, method: 'password', rememberMe, origin, workspaceId })
+    // The right password clears the address's count, this attempt's reservation with it (as
+    // a success always has): sent with the session's creation below, in one pipeline.
+    const cleared = store.del(failuresKey)
     // The sign-in's three writes (last login, session row, audit row) are one statement: one
     // round trip and one implicit transaction, all or nothing; the store keeps the session
     // meanwhile (undone when the statement fails).
-    const { session, user } = await sessions.activate(pending, async () => (await prepared(db, db
-      .with('signed_in', q => q.updateTable('users').set({ last_login_at: new Date(fastify.now()) }).where('id', '=', found.id).returning(USER_COLUMNS))
-      .with('session', q => q.insertInto('sessions').values(pending.row))
-      .with('audited', q => q.insertInto('audit_log').values(auditRow({
-        action: 'auth.login', actorUserId: found.id, subjectType: 'session', subjectId: pending.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'password', rememberMe }
-      })))
-      .selectFrom('signed_in').selectAll('signed_in')))[0]!)
+    const [{ session, user }] = await Promise.all([sessions.activate(pending, async () => await prepared(db, db
+      // Only while the verified password is still the account's: a mailbox proof that removed
+      // it meanwhile (src/auth/mailbox.ts; it holds the account's row until it commits) leaves
+      // `signed_in` empty, so no session or audit row is written, and the answer is a wrong password's.
+      .with('signed_in', q => q.updateTable('users').set({ last_login_at: new Date(fastify.now()) })
+        .where('id', '=', found.id).where('password_hash', '=', found.password_hash!).returning(USER_COLUMNS))
+      .with('session', q => q.insertInto('sessions').columns(Object.keys(pending.row) as Array<keyof typeof pending.row>)
+        .expression(q.selectFrom('signed_in').select(eb => Object.entries(pending.row).map(([column, value]) => eb.val(value).as(column)))))
+      .with('audited', q => {
+        const row = auditRow({
+          action: 'auth.login', actorUserId: found.id, subjectType: 'session', subjectId: pending.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'password', rememberMe }
+        })
+        return q.insertInto('audit_log').columns(Object.keys(row) as Array<keyof typeof row>)
+          .expression(q.selectFrom('signed_in').select(eb => Object.entries(row).map(([column, value]) => eb.val(value).as(column))))
+      })
+      .selectFrom('signed_in').selectAll('signed_in'))
+      .then(([signedIn]) => signedIn ?? Promise.reject(errors.unauthorized('Invalid email or password', 'INVALID_CREDENTIALS')))), cleared])
     // lastLoginAt changed: other instances see it within their user cache's 30 s.
     fastify.users.forget(user.id)
-    if (failures !== null) await store.del(failuresKey)
     return tokenAnswer(request, reply, session, publicUser(user))
   })
 
@@ -216,7 +228,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   fastify.post('/api/auth/refresh', {
-    config: { payload: 'refresh' },
+    config: { payload: 'refresh', anonymousLimit: 'in-handler' },
     preParsing: jsonOnlyWithCookie,
     preValidation: emptyBody,
     schema: {
@@ -230,22 +242,32 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    const { token, fromCookie } = presentedRefreshToken(request)
-    if (token === undefined) throw errors.badRequest('Refresh token is required', 'REFRESH_TOKEN_REQUIRED')
-    // Per session: a client stuck in a refresh loop (or a stolen token) cannot hammer it.
-    const sessionId = sessionIdOf(token)
-    if (sessionId !== undefined) {
-      await throttle(store, reply, `refresh:${sessionId}`, config.REFRESH_MAX_PER_SESSION, config.RATE_LIMIT_WINDOW,
-        'Too many refreshes for this session, please try again later.')
+    // Who pays for a refresh (SPEC decision 12): a valid token is counted against its own
+    // session only (REFRESH_MAX_PER_SESSION, in the rotation itself), never against the IP, so
+    // that many users behind one address all stay signed in; anything else is counted against
+    // the IP, and never against the session it names (a session id is no secret).
+    let presented: { token?: string, fromCookie: boolean }
+    try {
+      presented = presentedRefreshToken(request)
+    } catch (error) {
+      await fastify.limitAnonymous(request, reply)
+      throw error
+    }
+    const { token, fromCookie } = presented
+    if (token === undefined) {
+      await fastify.limitAnonymous(request, reply)
+      throw errors.badRequest('Refresh token is required', 'REFRESH_TOKEN_REQUIRED')
     }
     let session: IssuedSession
     try {
       session = await sessions.refresh(token, fastify.originOf(request))
     } catch (error) {
       if ((error as { statusCode?: number }).statusCode === 401) {
-        // Guessing costs: invalid tokens count against the IP's sign-in budget.
-        await signInLimit(request, reply)
         if (fromCookie) fastify.clearSessionCookies(reply)
+        // Guessing costs: an invalid token counts against the IP's sign-in budget and its
+        // anonymous budget (RATE_LIMIT_MAX), both at once.
+        const counted = await Promise.allSettled([signInLimit(request, reply), fastify.limitAnonymous(request, reply)])
+        for (const outcome of counted) if (outcome.status === 'rejected') throw outcome.reason
       }
       throw error
     }
@@ -257,31 +279,38 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   })
 
   fastify.post('/api/auth/logout', {
+    config: { anonymousLimit: 'in-handler' },
     preParsing: jsonOnlyWithCookie,
     preValidation: emptyBody,
     schema: {
       tags: ['auth'],
       summary: 'End the current session and clear the cookies (SPEC decision 4)',
-      description: 'The session is the bearer token\'s, or the refresh token\'s (body or cookie). Without any, it only clears the cookies.',
+      description: 'The session is the bearer token\'s (expired or not), or else the refresh token\'s (body or cookie). A refresh token that was already rotated (past REFRESH_GRACE) is reuse: the whole session is revoked, as on refresh. Without a credential that names a session, it only clears the cookies.',
       body: RefreshBody,
-      response: { 200: Message, ...errorResponses(400, 403) }
+      response: { 200: Message, ...errorResponses(400, 403, 429) }
     }
   }, async (request, reply) => {
     if (request.auth?.kind === 'integration') throw errors.forbidden(MESSAGES.browserOnly, 'BROWSER_SESSION_REQUIRED')
+    const origin = fastify.originOf(request)
     let sessionId = request.auth?.sessionId ?? undefined
     // An access token that has expired still names its session: logging out with it ends it.
     const bearer = request.auth === null ? /^Bearer +(\S+\.\S+\.\S+) *$/i.exec(request.headers.authorization ?? '')?.[1] : undefined
     if (sessionId === undefined && bearer !== undefined) {
-      sessionId = await fastify.keys.verifyIgnoringExpiry(bearer).then(claims => sessions.isRevoked(claims.sid) ? undefined : claims.sid, () => undefined)
+      const named = await sessions.sessionOfAccessToken(bearer)
+      if (named.status === 'live') sessionId = named.sessionId
     }
     if (sessionId === undefined) {
+      // A stale refresh token comes back `over`: the service has revoked its session as reuse.
       const { token } = presentedRefreshToken(request)
-      if (token !== undefined) sessionId = await sessions.sessionOfRefreshToken(token)
+      const named = token === undefined ? undefined : await sessions.sessionOfRefreshToken(token, origin)
+      if (named?.status === 'live') sessionId = named.sessionId
     }
     if (sessionId !== undefined) {
-      await sessions.revoke(sessionId, 'logout', { userId: request.auth?.userId ?? null, origin: fastify.originOf(request) })
+      await sessions.revoke(sessionId, 'logout', { userId: request.auth?.userId ?? null, origin })
     }
     fastify.clearSessionCookies(reply)
+    // Only a logout that names no live session counts against the IP (SPEC decision 12).
+    if (sessionId === undefined) await fastify.limitAnonymous(request, reply)
     return { message: 'Logged out successfully' }
   })
 

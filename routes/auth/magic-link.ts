@@ -7,6 +7,7 @@ import { DOCUMENT_HELMET } from '../../plugins/security.js'
 import { isProduction, publicUrl, serverOrigins } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
 import { cleanName, escapeHtml, issueMagicLink, linkKey, type PendingLink } from '../../src/auth/magic-links.js'
+import { mailboxProven, proveMailbox, type ProvenMailbox } from '../../src/auth/mailbox.js'
 import { redirectPolicy } from '../../src/auth/redirects.js'
 import { emailKey, signInThrottle, throttle } from '../../src/auth/throttle.js'
 import { audit, normalizeEmail, USER_COLUMNS } from '../../src/auth/users.js'
@@ -83,19 +84,27 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const pending = stored === null ? undefined : JSON.parse(stored) as PendingLink
     if (pending === undefined || pending.expiresAt <= fastify.now()) throw errors.badRequest(INVALID, 'INVALID_MAGIC_LINK')
     const origin = fastify.originOf(request)
-    const session = await db.transaction().execute(async trx => {
+    const { session, proven } = await db.transaction().execute(async trx => {
       const now = new Date(fastify.now())
-      // Opening the link proves the mailbox: the address is verified.
-      const user = await trx.insertInto('users')
+      // Opening the link proves the mailbox: a new account is created verified; an existing
+      // one is verified by proveMailbox, which voids what came before a first proof.
+      let user = await trx.insertInto('users')
         .values({ email: pending.email, name: pending.name ?? pending.email.split('@')[0]!, email_verified: true, last_login_at: now })
-        .onConflict(conflict => conflict.column('email').doUpdateSet({ email_verified: true, last_login_at: now }))
-        .returning(USER_COLUMNS).executeTakeFirstOrThrow()
-      if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+        .onConflict(conflict => conflict.column('email').doNothing())
+        .returning(USER_COLUMNS).executeTakeFirst()
+      let proven: ProvenMailbox | undefined
+      if (user === undefined) {
+        const { id, is_active: active } = await trx.selectFrom('users').select(['id', 'is_active']).where('email', '=', pending.email).executeTakeFirstOrThrow()
+        if (!active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+        proven = await proveMailbox(trx, sessions, now, id, { method: 'magic_link', origin })
+        user = await trx.updateTable('users').set({ last_login_at: now }).where('id', '=', id).returning(USER_COLUMNS).executeTakeFirstOrThrow()
+      }
       const session = await sessions.start(trx, { user, method: 'magic_link', rememberMe: false, origin, emailProven: true })
       await audit(trx, { action: 'auth.login', actorUserId: user.id, subjectType: 'session', subjectId: session.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'magic_link' } })
-      return { ...session, userId: user.id }
+      return { session: { ...session, userId: user.id }, proven }
     })
-    fastify.users.forget(session.userId)
+    if (proven?.firstProof === true) await mailboxProven(fastify, proven)
+    else fastify.users.forget(session.userId)
     // Accepted invitations: the new member's very next request sees them, on every instance.
     for (const workspaceId of session.joined ?? []) await fastify.memberships.changed(workspaceId, session.userId)
     fastify.setSessionCookies(reply, session)

@@ -10,6 +10,7 @@ import { errors } from '../../src/errors.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
 import { providerRegistry, type Provider } from '../../src/auth/providers.js'
 import { redirectPolicy } from '../../src/auth/redirects.js'
+import { mailboxProven, proveMailbox, type ProvenMailbox } from '../../src/auth/mailbox.js'
 import { signInThrottle } from '../../src/auth/throttle.js'
 import { audit, normalizeEmail, publicUser, PublicUser, USER_COLUMNS, type UserRecord } from '../../src/auth/users.js'
 import { errorResponses } from '../../src/schemas/common.js'
@@ -18,15 +19,17 @@ import { REFRESH_COOKIE } from '../../plugins/auth.js'
 const STATE_TTL = 10 * 60_000
 const BINDING_COOKIE = 'oauth_binding'
 const STATE_INVALID = 'Missing or expired OAuth state'
+// Hosts on which browsers keep a Secure cookie over plain http (a "potentially trustworthy"
+// origin), besides *.localhost.
+const LOOPBACK_HOSTS = ['localhost', '127.0.0.1', '[::1]']
 
+/** A started flow, stored under its state and the hash of its binding cookie (`flowKey`). */
 interface PendingFlow {
   provider: string
   nonce: string
   verifier: string
   redirectTo: string
   redirectUri: string
-  /** SHA-256 of the browser-binding cookie set at the start. */
-  binding: string
   expiresAt: number
 }
 
@@ -42,6 +45,13 @@ interface IdClaims {
 }
 
 const sha256 = (text: string): string => createHash('sha256').update(text).digest('base64url')
+/**
+ * One binding cookie per flow, named after its state: two tabs that start two flows each
+ * keep their own (a cookie name may hold letters, digits, - and _, as base64url does).
+ */
+const bindingCookieName = (state: string): string => `${BINDING_COOKIE}_${sha256(state).slice(0, 22)}`
+/** A flow is found only with its state and the binding cookie of the browser that started it. */
+const flowKey = (state: string, binding: string): string => `oauth:${sha256(state)}:${sha256(binding)}`
 const text = (value: unknown, max = 200): string | null => typeof value === 'string' && value.trim() !== '' ? value.trim().slice(0, max) : null
 
 const CallbackParams = Type.Object({
@@ -117,18 +127,41 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     throw errors.notFound('provider')
   }
 
-  const bindingCookie = { httpOnly: true, secure: production, sameSite: 'lax' as const, path: '/' }
+  // A browser keeps a Secure cookie from https, and from http only on a loopback host.
+  const publicOrigin = new URL(base)
+  const https = publicOrigin.protocol === 'https:'
+  const keepsSecureCookies = https || LOOPBACK_HOSTS.includes(publicOrigin.hostname) || publicOrigin.hostname.endsWith('.localhost')
+  const formPost = (provider: Provider): boolean => provider.apple !== undefined
+  if (!keepsSecureCookies) {
+    for (const provider of registry.configured.values()) {
+      if (formPost(provider)) fastify.log.warn({ provider: provider.key }, `${provider.displayName} sign-in needs PUBLIC_URL on https (or http://localhost): its answer is a cross-site form post, which only a Secure cookie can tie to the browser`)
+    }
+  }
+  /**
+   * The binding cookie's attributes, sent only to the flow's callback. A provider that answers
+   * with a form post (Apple) posts from its own site, which a SameSite=Lax cookie does not
+   * follow: its flows get SameSite=None, which browsers take only with Secure.
+   */
+  const bindingCookie = (provider: Provider, redirectUri: string) => ({
+    httpOnly: true,
+    path: new URL(redirectUri).pathname,
+    ...(formPost(provider) ? { secure: true, sameSite: 'none' as const } : { secure: production || https, sameSite: 'lax' as const })
+  })
 
   /** Starts a flow: state, nonce and PKCE verifier stored for one use; 302 to the provider. */
   const start = async (reply: FastifyReply, key: string, redirectUri: string, redirectTo: string | undefined): Promise<FastifyReply> => {
     const provider = providerOf(key)
+    if (formPost(provider) && !keepsSecureCookies) {
+      // Refused rather than weakened: without its Secure cookie no answer could ever be bound to this browser.
+      throw errors.unavailable(`${provider.displayName} sign-in needs PUBLIC_URL on https (or http://localhost)`, 'INSECURE_PUBLIC_URL')
+    }
     const configuration = await configurationOf(provider)
     const state = oidc.randomState()
     const nonce = oidc.randomNonce()
     const verifier = oidc.randomPKCECodeVerifier()
     const binding = randomBytes(32).toString('base64url')
-    const pending: PendingFlow = { provider: key, nonce, verifier, redirectTo: safeRedirect(redirectTo), redirectUri, binding: sha256(binding), expiresAt: fastify.now() + STATE_TTL }
-    await store.set(`oauth:${sha256(state)}`, JSON.stringify(pending), STATE_TTL)
+    const pending: PendingFlow = { provider: key, nonce, verifier, redirectTo: safeRedirect(redirectTo), redirectUri, expiresAt: fastify.now() + STATE_TTL }
+    await store.set(flowKey(state, binding), JSON.stringify(pending), STATE_TTL)
     const parameters: Record<string, string> = {
       redirect_uri: redirectUri,
       scope: provider.scopes,
@@ -137,8 +170,8 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
       code_challenge_method: 'S256'
     }
-    if (provider.apple !== undefined) parameters.response_mode = 'form_post'
-    reply.setCookie(BINDING_COOKIE, binding, { ...bindingCookie, maxAge: STATE_TTL / 1000 })
+    if (formPost(provider)) parameters.response_mode = 'form_post'
+    reply.setCookie(bindingCookieName(state), binding, { ...bindingCookie(provider, redirectUri), maxAge: STATE_TTL / 1000 })
     return await reply.redirect(oidc.buildAuthorizationUrl(configuration, parameters).href, 302)
   }
 
@@ -146,17 +179,29 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const origin = fastify.originOf(request)
     const email = typeof claims.email === 'string' ? normalizeEmail(claims.email) : null
     const verified = claims.email_verified === true || claims.email_verified === 'true'
+    const proof = { method: 'oauth' as const, identity: { provider: key, subject: claims.sub }, origin }
     const result = await db.transaction().execute(async trx => {
       const now = new Date(fastify.now())
-      const identity = await trx.selectFrom('user_identities').select(['id', 'user_id'])
+      const linked = async () => await trx.selectFrom('user_identities').select(['id', 'user_id'])
         .where('provider', '=', key).where('subject', '=', claims.sub).executeTakeFirst()
+      let identity = await linked()
+      if (identity !== undefined) {
+        // The account first (the order proveMailbox locks in), then the identity read again:
+        // one unlinked by a mailbox proof that committed meanwhile signs in no more.
+        await trx.selectFrom('users').select('id').where('id', '=', identity.user_id).forUpdate().execute()
+        identity = await linked()
+      }
       let user: UserRecord | undefined
       let created = false
+      let proven: ProvenMailbox | undefined
       if (identity !== undefined) {
         user = await trx.selectFrom('users').select(USER_COLUMNS).where('id', '=', identity.user_id).executeTakeFirstOrThrow()
+        if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+        // The provider now vouches for the account's address: a first proof voids what came before it.
+        if (verified && email === user.email) proven = await proveMailbox(trx, sessions, now, user.id, proof)
       } else {
         if (email === null) throw errors.badRequest('The identity provider did not share an e-mail address', 'OAUTH_NO_EMAIL')
-        user = await trx.selectFrom('users').select(USER_COLUMNS).where('email', '=', email).executeTakeFirst()
+        user = await trx.selectFrom('users').select(USER_COLUMNS).where('email', '=', email).forUpdate().executeTakeFirst()
         if (user !== undefined && !verified) {
           // Never a silent takeover: only a verified address may join an existing account.
           throw errors.conflict('An account with this e-mail address already exists, and the identity provider has not verified the address. Sign in to that account another way.', 'ACCOUNT_EXISTS')
@@ -172,18 +217,22 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
             preferred_username: text(claims.preferred_username)
           }).returning(USER_COLUMNS).executeTakeFirstOrThrow()
           created = true
+        } else {
+          if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+          // Linking by a verified address proves the mailbox: what came before a first proof is voided.
+          proven = await proveMailbox(trx, sessions, now, user.id, proof)
         }
         await trx.insertInto('user_identities').values({ user_id: user.id, provider: key, subject: claims.sub, email }).execute()
       }
-      if (!user.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
       user = await trx.updateTable('users').set({ last_login_at: now }).where('id', '=', user.id).returning(USER_COLUMNS).executeTakeFirstOrThrow()
       await trx.updateTable('user_identities').set({ last_used_at: now }).where('provider', '=', key).where('subject', '=', claims.sub).execute()
       // Invitations to the address are accepted only when the provider vouches for it.
       const session = await sessions.start(trx, { user, method: 'oauth', rememberMe: false, origin, emailProven: verified && email === user.email })
       await audit(trx, { action: 'auth.login', actorUserId: user.id, subjectType: 'session', subjectId: session.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'oauth', provider: key, created } })
-      return { user, session }
+      return { user, session, proven }
     })
-    fastify.users.forget(result.user.id)
+    if (result.proven?.firstProof === true) await mailboxProven(fastify, result.proven)
+    else fastify.users.forget(result.user.id)
     for (const workspaceId of result.session.joined ?? []) await fastify.memberships.changed(workspaceId, result.user.id)
     return result
   }
@@ -205,23 +254,24 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }
 
-  /** A provider's answer: one-use state, browser binding, then the code exchange and id_token checks. */
+  /**
+   * A provider's answer, by GET or POST alike: the flow is found only with its state and the
+   * binding cookie of the browser that started it, and taken for one use; then the code
+   * exchange and the id_token checks. An answer carried to another browser (login CSRF) finds
+   * nothing and consumes nothing: the flow still completes in its own browser.
+   */
   const callback = async (request: FastifyRequest, reply: FastifyReply, key: string, parameters: Record<string, string | undefined>): Promise<FastifyReply> => {
     const provider = providerOf(key)
     const { state } = parameters
     if (state === undefined || state === '') throw errors.badRequest(STATE_INVALID, 'OAUTH_STATE_INVALID')
-    const stored = await store.take(`oauth:${sha256(state)}`)
+    const header = request.headers.cookie
+    const name = bindingCookieName(state)
+    const binding = header === undefined ? undefined : fastify.parseCookie(header)[name]
+    if (binding === undefined || binding === '') throw errors.badRequest(STATE_INVALID, 'OAUTH_STATE_INVALID')
+    const stored = await store.take(flowKey(state, binding))
     const pending = stored === null ? undefined : JSON.parse(stored) as PendingFlow
     if (pending === undefined || pending.provider !== key || pending.expiresAt <= fastify.now()) throw errors.badRequest(STATE_INVALID, 'OAUTH_STATE_INVALID')
-    // The browser that started the flow must be the one finishing it. A form_post (Apple) is
-    // cross-site, and a SameSite=Lax cookie does not come with it: there state, PKCE and nonce
-    // carry the proof.
-    const header = request.headers.cookie
-    const binding = header === undefined ? undefined : fastify.parseCookie(header)[BINDING_COOKIE]
-    if (request.method === 'GET' && (binding === undefined || sha256(binding) !== pending.binding)) {
-      throw errors.badRequest(STATE_INVALID, 'OAUTH_STATE_INVALID')
-    }
-    reply.clearCookie(BINDING_COOKIE, bindingCookie)
+    reply.clearCookie(name, bindingCookie(provider, pending.redirectUri))
     if (parameters.error !== undefined) return await failed(request, reply, key, `provider:${parameters.error.slice(0, 50)}`)
     const configuration = await configurationOf(provider)
     const currentUrl = new URL(pending.redirectUri)
@@ -330,41 +380,104 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         (method === 'GET' ? request.query : request.body) as Record<string, string | undefined>)
     })
   }
+  /*
+   * Seed 000's sign-out. A browser's refresh cookie never reaches this path (Path=/api/auth),
+   * so the request carries a credential of its own: the access token (the Authorization
+   * header, or the `access_token` field of a form post, RFC 6750 section 2.2) or the refresh
+   * token (body; or the cookie, sent by hand, from an allowed origin and not as a form).
+   * Without one it is 401, never the redirect: a sign-out that ended nothing must not look
+   * like one that did. A browser sends none of these by itself, so a cross-site form cannot
+   * sign anyone out.
+   */
+  const sessionToSignOut = async (request: FastifyRequest, body: { access_token?: string, refreshToken?: string }): Promise<{ status: 'live' | 'over', sessionId: string }> => {
+    if (request.auth?.kind === 'session') return { status: 'live', sessionId: request.auth.sessionId }
+    // An expired or revoked access token still names its session (see sessionOfAccessToken).
+    const accessToken = request.headers.authorization === undefined
+      ? body.access_token
+      : /^Bearer +(\S+\.\S+\.\S+) *$/i.exec(request.headers.authorization)?.[1] ?? ''
+    if (accessToken !== undefined) {
+      const named = accessToken === '' ? { status: 'invalid' as const } : await sessions.sessionOfAccessToken(accessToken)
+      if (named.status === 'invalid') throw errors.unauthorized('Invalid or expired token', 'TOKEN_INVALID')
+      return named
+    }
+    let refreshToken = body.refreshToken
+    const cookie = request.headers.cookie === undefined ? undefined : fastify.parseCookie(request.headers.cookie)[REFRESH_COOKIE]
+    if (refreshToken === undefined && cookie !== undefined && cookie !== '') {
+      fastify.checkCookieRequest(request)
+      refreshToken = cookie
+    }
+    if (refreshToken === undefined) throw errors.unauthorized('Access token required', 'TOKEN_REQUIRED')
+    // A stale refresh token comes back `over`: the service has revoked its session as reuse.
+    const named = await sessions.sessionOfRefreshToken(refreshToken, fastify.originOf(request))
+    if (named.status === 'invalid') throw errors.unauthorized('Invalid refresh token', 'INVALID_REFRESH_TOKEN')
+    return named
+  }
+
   fastify.post('/auth/signout', {
-    schema: { tags: ['oauth'], summary: 'Sign out and go back to the frontend (seed 000)', response: { ...redirectAnswer, ...errorResponses(403) } }
+    // Like logout: a sign-out that names a live session is not charged to the anonymous per-IP budget.
+    config: { anonymousLimit: 'in-handler' },
+    preValidation: async (request) => { if (request.body === undefined) request.body = {} },
+    schema: {
+      tags: ['oauth'],
+      summary: 'Sign out and go back to the frontend (seed 000)',
+      description: 'Needs a credential: `Authorization: Bearer <access token>` (expired or not), the `access_token` field of a form post, or `refreshToken` in the body (or the refresh_token cookie, JSON or no body, from an allowed origin). The session ends (a refresh token already rotated past REFRESH_GRACE revokes it as reuse), the cookies are cleared, 302 to the frontend. Without a credential 401, and nothing is cleared.',
+      body: Type.Object({
+        access_token: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, description: 'The access token as a form field (RFC 6750 section 2.2), for a page that signs out by posting a form' })),
+        refreshToken: Type.Optional(Type.String({ minLength: 1, maxLength: 512 }))
+      }),
+      response: { 302: Type.Null({ description: 'The session is over: to the frontend' }), ...errorResponses(400, 401, 403, 415, 429) }
+    }
   }, async (request, reply) => {
     if (request.auth?.kind === 'integration') throw errors.forbidden(MESSAGES.browserOnly, 'BROWSER_SESSION_REQUIRED')
-    let sessionId = request.auth?.sessionId ?? undefined
-    const header = request.headers.cookie
-    const refreshToken = header === undefined ? undefined : fastify.parseCookie(header)[REFRESH_COOKIE]
-    if (sessionId === undefined && refreshToken !== undefined && refreshToken !== '') {
-      fastify.checkCookieRequest(request)
-      sessionId = await sessions.sessionOfRefreshToken(refreshToken)
-    }
-    if (sessionId !== undefined) await sessions.revoke(sessionId, 'logout', { userId: request.auth?.userId ?? null, origin: fastify.originOf(request) })
+    const named = await sessionToSignOut(request, request.body).catch(async (error: unknown) => {
+      await fastify.limitAnonymous(request, reply)
+      throw error
+    })
+    if (named.status === 'live') await sessions.revoke(named.sessionId, 'logout', { userId: request.auth?.userId ?? null, origin: fastify.originOf(request) })
+    else await fastify.limitAnonymous(request, reply)
     fastify.clearSessionCookies(reply)
     return await reply.redirect(safeRedirect(undefined), 302)
   })
 
-  // Seed 002: the SPA got the code from the provider itself; the server exchanges it.
+  /*
+   * Seed 002: the SPA ran the code flow itself and posts the code; the server exchanges it.
+   * The SPA made the PKCE verifier and the nonce, and the server requires both: the provider
+   * checks the verifier against the challenge it was given, openid-client the nonce in the
+   * id_token, so only the SPA that started the flow can finish it. The state never reaches the
+   * server (the provider sends it to the SPA's redirect URI, where the SPA compares it with
+   * the one it keeps), so there is nothing here to check it against.
+   */
   fastify.post('/api/auth/callback', {
     config: { envelope: 'seed002', payload: 'callback' },
+    // From a browser only JSON from an allowed origin, which no cross-site form can send: a
+    // page elsewhere could otherwise sign its visitor in with the attacker's own code,
+    // verifier and nonce (login CSRF).
+    preValidation: async (request) => {
+      if (request.headers.origin !== undefined) fastify.checkCookieRequest(request)
+      else if (!/^application\/json\s*(;|$)/i.test(request.headers['content-type'] ?? '')) throw errors.unsupportedMediaType()
+    },
     schema: {
       tags: ['oauth'],
       summary: 'Exchange an authorization code the SPA received from the OpenID Connect provider (seed 002)',
+      description: 'Requires the PKCE verifier and the nonce of the SPA\'s authorization request. The refresh token is in `data` only for clients that send no Origin header; browsers get it only as the HttpOnly cookie.',
       body: Type.Object({
         code: Type.Optional(Type.String({ maxLength: 4096 })),
-        codeVerifier: Type.Optional(Type.String({ minLength: 43, maxLength: 128 })),
+        codeVerifier: Type.String({ minLength: 43, maxLength: 128, pattern: '^[A-Za-z0-9._~-]+$', description: 'The PKCE code verifier (RFC 7636) whose S256 challenge the SPA sent to the provider' }),
+        nonce: Type.String({ minLength: 16, maxLength: 512, description: 'The nonce the SPA sent to the provider; the id_token must carry it' }),
         redirectUri: Type.Optional(Type.String({ maxLength: 2048 })),
-        nonce: Type.Optional(Type.String({ maxLength: 512 })),
         iss: Type.Optional(Type.String({ maxLength: 2048, description: 'The iss parameter of the authorization response, when the provider sends one' }))
       }),
       response: {
         200: Type.Object({
           success: Type.Literal(true),
           message: Type.String(),
-          data: Type.Object({ accessToken: Type.String(), refreshToken: Type.String(), user: PublicUser })
-        })
+          data: Type.Object({
+            accessToken: Type.String(),
+            refreshToken: Type.Optional(Type.String({ description: 'Only for clients that sent no Origin header (scripts, mobile apps); browsers get the HttpOnly cookie' })),
+            user: PublicUser
+          })
+        }),
+        ...errorResponses(400, 403, 409, 415, 429, 503)
       }
     }
   }, async (request, reply) => {
@@ -383,15 +496,15 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (configuration.serverMetadata().authorization_response_iss_parameter_supported === true) {
       currentUrl.searchParams.set('iss', iss ?? configuration.serverMetadata().issuer)
     }
+    // No state in currentUrl, so none is expected (openid-client's default, expectNoState).
     const claims = await exchange(request, reply, key, configuration, currentUrl, {
-      ...(codeVerifier === undefined ? {} : { pkceCodeVerifier: codeVerifier }),
-      ...(nonce === undefined ? {} : { expectedNonce: nonce }),
-      expectedState: oidc.skipStateCheck,
+      pkceCodeVerifier: codeVerifier,
+      expectedNonce: nonce,
       idTokenExpected: true
     })
     const { user, session } = await signIn(request, key, claims, null)
-    fastify.setSessionCookies(reply, session)
-    return { success: true as const, message: 'Authentication successful', data: { accessToken: session.accessToken, refreshToken: session.refreshToken, user: publicUser(user) } }
+    const { accessToken, refreshToken } = fastify.sessionTokens(request, reply, session)
+    return { success: true as const, message: 'Authentication successful', data: { accessToken, ...(refreshToken === undefined ? {} : { refreshToken }), user: publicUser(user) } }
   })
 }
 

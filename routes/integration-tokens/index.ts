@@ -5,6 +5,7 @@ import type { IntegrationTokensTable } from '../../src/db/types.js'
 import { errors } from '../../src/errors.js'
 import { audit } from '../../src/auth/users.js'
 import { errorResponses, Nullable, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
+import { MESSAGES } from '../../src/tenancy/policy.js'
 import { WorkspaceId } from '../../src/tenancy/workspaces.js'
 
 const SCOPES = ['read_only', 'read_write'] as const
@@ -112,6 +113,11 @@ const integrationTokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         created_at: new Date(now),
         expires_at: expiresInDays === undefined ? null : new Date(now + expiresInDays * 86_400_000)
       }).returningAll().executeTakeFirstOrThrow()
+      // The insert waited for any mailbox proof holding the account (its foreign key shares
+      // the user's row): a session that proof has ended since this request was let in makes none.
+      const live = await trx.selectFrom('sessions').select('id')
+        .where('id', '=', request.auth!.sessionId!).where('revoked_at', 'is', null).executeTakeFirst()
+      if (live === undefined) throw errors.unauthorized(MESSAGES.authRequired, 'TOKEN_INVALID')
       await audit(trx, { action: 'token.created', actorUserId: userId, subjectType: 'integration_token', subjectId: row.id, ip: origin.ip, userAgent: origin.userAgent, details: { workspaceId, scope, expiresInDays: expiresInDays ?? null } })
       return row
     })

@@ -6,7 +6,7 @@ import { MemoryStore } from './memory.js'
 import { RedisStore } from './redis.js'
 import type { Store } from './types.js'
 
-export type { Store } from './types.js'
+export type { Counter, Store } from './types.js'
 
 /** Redis (a server, Sentinel or Cluster) when configured, the in-process store (kept across restarts under DATA_DIR) otherwise. */
 export async function createStore (config: Config, log: FastifyBaseLogger): Promise<Store> {

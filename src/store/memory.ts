@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
-import type { Counter, MessageHandler, Revocation, RotationResult, SessionState, Store } from './types.js'
+import type { Counter, MessageHandler, RefreshLimit, RefreshLimited, Revocation, RotationResult, SessionState, Store } from './types.js'
 
 /*
  * The in-process store of the embedded default. JavaScript runs one callback at a time, so
@@ -99,6 +99,10 @@ export class MemoryStore implements Store {
   }
 
   async increment (key: string, windowMs: number, by = 1): Promise<Counter> {
+    return this.count(key, windowMs, by)
+  }
+
+  private count (key: string, windowMs: number, by: number): Counter {
     const entry = this.live(key)
     if (entry === undefined) {
       this.entries.set(this.prefix + key, { value: String(by), expiresAt: this.now() + windowMs, counter: true })
@@ -107,6 +111,11 @@ export class MemoryStore implements Store {
     const count = Number(entry.value) + by
     entry.value = String(count)
     return { count, ttlMs: Math.max(0, entry.expiresAt - this.now()) }
+  }
+
+  async release (key: string): Promise<void> {
+    const entry = this.live(key)
+    if (entry !== undefined) entry.value = String(Number(entry.value) - 1)
   }
 
   private readSession (sessionId: string): StoredSession | undefined {
@@ -136,10 +145,26 @@ export class MemoryStore implements Store {
   }
 
   async rotateRefreshToken (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number): Promise<RotationResult> {
+    return await this.rotate(sessionId, presentedHash, successorHash, now, graceMs) as RotationResult
+  }
+
+  async rotateRefreshTokenWithLimit (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number, limit: RefreshLimit): Promise<RotationResult | RefreshLimited> {
+    return await this.rotate(sessionId, presentedHash, successorHash, now, graceMs, limit)
+  }
+
+  /** Without `limit`, nothing is counted (and the answer is never `limited`). */
+  private async rotate (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number, limit?: RefreshLimit): Promise<RotationResult | RefreshLimited> {
     const session = this.readSession(sessionId)
     if (session === undefined || now >= session.expiresAt) return { status: 'invalid' }
     const state: SessionState = { userId: session.userId, rememberMe: session.rememberMe, expiresAt: session.expiresAt, workspaceId: session.workspaceId }
-    if (presentedHash === session.current) {
+    const current = presentedHash === session.current
+    const grace = !current && presentedHash === session.previous && now - session.rotatedAt <= graceMs
+    if (limit !== undefined && (current || grace)) {
+      // Counted like any counter (left out of snapshots); synchronous, so atomic with the rotation.
+      const { count, ttlMs } = this.count(`sess:${sessionId}:refreshes`, limit.windowMs, 1)
+      if (count > limit.max) return { status: 'limited', retryAfterMs: ttlMs }
+    }
+    if (current) {
       this.writeSession(sessionId, {
         ...session,
         previous: session.current,
@@ -149,9 +174,7 @@ export class MemoryStore implements Store {
       })
       return { status: 'rotated', session: state }
     }
-    if (presentedHash === session.previous && now - session.rotatedAt <= graceMs) {
-      return { status: 'grace', session: state }
-    }
+    if (grace) return { status: 'grace', session: state }
     if (session.used.includes(presentedHash)) {
       await this.deleteSession(sessionId)
       return { status: 'reused', userId: session.userId }

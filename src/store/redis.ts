@@ -1,6 +1,6 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis'
 import { withTimeout } from '../lib/timeout.js'
-import type { Counter, MessageHandler, Revocation, RotationResult, SessionState, Store } from './types.js'
+import type { Counter, MessageHandler, RefreshLimit, RefreshLimited, Revocation, RotationResult, SessionState, Store } from './types.js'
 
 /*
  * The Redis implementation of the store contract. Anything that must be atomic is one Lua
@@ -28,11 +28,19 @@ if ttl < 0 then
 end
 return {count, ttl}`
 
+/* Takes back one hit of a live counter; DECR keeps the TTL, and a missing key is not created. */
+const RELEASE = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('DECR', KEYS[1])`
+
 /*
  * Sessions: a hash `sess:{id}` (uid, rem, exp, wid, cur, prev, rot) and a set
  * `sess:{id}:used` of every retired token hash; both expire at the session's absolute
- * expiry. The braces make them one hash slot, so the rotation script also runs on a Cluster.
- *   KEYS: session, used   ARGV: presented hash, successor hash, now ms, grace ms
+ * expiry. `sess:{id}:refreshes` counts the session's valid presentations per window (its
+ * refresh limit). The braces make them one hash slot, so the rotation script also runs on a
+ * Cluster.
+ *   KEYS: session, used, refreshes
+ *   ARGV: presented hash, successor hash, now ms, grace ms, limit (0: none), window ms
  */
 const ROTATE_REFRESH_TOKEN = `
 local s = redis.call('HMGET', KEYS[1], 'uid', 'rem', 'exp', 'wid', 'cur', 'prev', 'rot')
@@ -40,14 +48,23 @@ if not s[1] then return {'invalid'} end
 local now = tonumber(ARGV[3])
 local exp = tonumber(s[3])
 if now >= exp then return {'invalid'} end
-if ARGV[1] == s[5] then
+local current = ARGV[1] == s[5]
+if current or (s[6] and ARGV[1] == s[6] and now - tonumber(s[7]) <= tonumber(ARGV[4])) then
+  local max = tonumber(ARGV[5])
+  if max > 0 then
+    local count = redis.call('INCR', KEYS[3])
+    local ttl = redis.call('PTTL', KEYS[3])
+    if ttl < 0 then
+      redis.call('PEXPIRE', KEYS[3], ARGV[6])
+      ttl = tonumber(ARGV[6])
+    end
+    if count > max then return {'limited', tostring(ttl)} end
+  end
+  if not current then return {'grace', s[1], s[2], s[3], s[4]} end
   redis.call('HSET', KEYS[1], 'prev', s[5], 'cur', ARGV[2], 'rot', ARGV[3])
   redis.call('SADD', KEYS[2], s[5])
   redis.call('PEXPIREAT', KEYS[2], exp)
   return {'rotated', s[1], s[2], s[3], s[4]}
-end
-if s[6] and ARGV[1] == s[6] and now - tonumber(s[7]) <= tonumber(ARGV[4]) then
-  return {'grace', s[1], s[2], s[3], s[4]}
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -80,7 +97,8 @@ const PUBLISH = 'return redis.call(\'PUBLISH\', KEYS[1], ARGV[1])'
 
 interface ScriptCommands {
   ghPublish: (channel: string, message: string) => Promise<number>
-  ghRotateRefreshToken: (session: string, used: string, presented: string, successor: string, now: number, grace: number) => Promise<string[]>
+  ghRotateRefreshToken: (session: string, used: string, refreshes: string, presented: string, successor: string, now: number, grace: number, max: number, windowMs: number) => Promise<string[]>
+  ghRelease: (key: string) => Promise<number>
   ghAddRevocation: (key: string, id: string, until: number, now: number) => Promise<number>
   ghSetIfExists: (key: string, field: string, value: string) => Promise<number>
   ghCompareAndSwap: (key: string, expected: string, next: string, ttlMs: string) => Promise<number>
@@ -155,7 +173,8 @@ export class RedisStore implements Store {
   private constructor (private readonly client: ScriptedRedis, private readonly prefix: string) {
     client.defineCommand('ghCompareAndSwap', { numberOfKeys: 1, lua: COMPARE_AND_SWAP })
     client.defineCommand('ghIncrementWindow', { numberOfKeys: 1, lua: INCREMENT_WINDOW })
-    client.defineCommand('ghRotateRefreshToken', { numberOfKeys: 2, lua: ROTATE_REFRESH_TOKEN })
+    client.defineCommand('ghRelease', { numberOfKeys: 1, lua: RELEASE })
+    client.defineCommand('ghRotateRefreshToken', { numberOfKeys: 3, lua: ROTATE_REFRESH_TOKEN })
     client.defineCommand('ghAddRevocation', { numberOfKeys: 1, lua: ADD_REVOCATION })
     client.defineCommand('ghSetIfExists', { numberOfKeys: 1, lua: SET_IF_EXISTS })
     client.defineCommand('ghPublish', { numberOfKeys: 1, lua: PUBLISH })
@@ -218,6 +237,10 @@ export class RedisStore implements Store {
     return { count, ttlMs }
   }
 
+  async release (key: string): Promise<void> {
+    await this.client.ghRelease(this.key(key))
+  }
+
   private sessionKey (sessionId: string): string {
     return this.key(`sess:{${sessionId}}`)
   }
@@ -248,11 +271,21 @@ export class RedisStore implements Store {
   }
 
   async rotateRefreshToken (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number): Promise<RotationResult> {
+    return await this.rotate(sessionId, presentedHash, successorHash, now, graceMs, { max: 0, windowMs: 0 }) as RotationResult
+  }
+
+  async rotateRefreshTokenWithLimit (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number, limit: RefreshLimit): Promise<RotationResult | RefreshLimited> {
+    return await this.rotate(sessionId, presentedHash, successorHash, now, graceMs, limit)
+  }
+
+  /** One script for both: a limit of 0 counts nothing (and is never `limited`). */
+  private async rotate (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number, limit: RefreshLimit): Promise<RotationResult | RefreshLimited> {
     const key = this.sessionKey(sessionId)
-    const result = await this.client.ghRotateRefreshToken(key, `${key}:used`, presentedHash, successorHash, now, graceMs)
+    const result = await this.client.ghRotateRefreshToken(key, `${key}:used`, `${key}:refreshes`, presentedHash, successorHash, now, graceMs, limit.max, limit.windowMs)
     const status = result[0]
     if (status === 'rotated' || status === 'grace') return { status, session: sessionState(result.slice(1)) }
     if (status === 'reused') return { status, userId: result[1]! }
+    if (status === 'limited') return { status, retryAfterMs: Number(result[1]) }
     return { status: 'invalid' }
   }
 

@@ -40,6 +40,16 @@ export type RotationResult =
   | { status: 'reused', userId: string }
   | { status: 'invalid' }
 
+/**
+ * The session's own refresh budget: `max` valid presentations per fixed window of `windowMs`.
+ * Only a presentation that would rotate (or get the grace answer) is counted — the session id
+ * is not secret, so anything else must not spend its budget.
+ */
+export interface RefreshLimit { max: number, windowMs: number }
+
+/** A valid presentation past the session's refresh budget: nothing rotated. */
+export interface RefreshLimited { status: 'limited', retryAfterMs: number }
+
 export interface Revocation { id: string, until: number }
 
 export interface Store {
@@ -61,6 +71,11 @@ export interface Store {
   compareAndSwap: (key: string, expected: string, next: string, ttlMs?: number) => Promise<boolean>
   /** Fixed-window counter (rate limits): adds `by` (default 1) and starts the window on the first hit. */
   increment: (key: string, windowMs: number, by?: number) => Promise<Counter>
+  /**
+   * Gives back one hit of a counter still in its window (a reservation that was not used);
+   * never creates a counter, never moves its window.
+   */
+  release: (key: string) => Promise<void>
 
   /** Creates a session whose current refresh token has hash `tokenHash`; it expires at `state.expiresAt`. */
   createSession: (sessionId: string, state: SessionState, tokenHash: string) => Promise<void>
@@ -72,6 +87,12 @@ export interface Store {
    * becomes current (see RotationResult). `now` and `graceMs` decide expiry and grace.
    */
   rotateRefreshToken: (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number) => Promise<RotationResult>
+  /**
+   * The same, and in the same atomic step a valid presentation (one that rotates or gets the
+   * grace answer) is counted against the session's refresh budget; one past it is `limited`
+   * and changes nothing else. Invalid and reused tokens are not counted.
+   */
+  rotateRefreshTokenWithLimit: (sessionId: string, presentedHash: string, successorHash: string, now: number, graceMs: number, limit: RefreshLimit) => Promise<RotationResult | RefreshLimited>
   /** Deletes a session and its token history; true when it existed. */
   deleteSession: (sessionId: string) => Promise<boolean>
 

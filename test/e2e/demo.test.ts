@@ -1,6 +1,6 @@
-import { existsSync } from 'node:fs'
-import { chromium, type Browser, type Page } from 'playwright-core'
+import type { Page } from 'playwright-core'
 import t from 'tap'
+import { browser } from './browser.js'
 import { build, freePort, type TestContext } from '../helper.js'
 import { PASSWORD, register } from '../auth-helper.js'
 import { startOidcProvider } from '../oidc-stand-in.js'
@@ -10,18 +10,6 @@ import { startOidcProvider } from '../oidc-stand-in.js'
  * sign-in by password, by magic link and by an OpenID Connect provider, a reload that stays signed in through the refresh
  * cookie, and sign-out. .ci/run installs Chromium; this file fails loudly without it.
  */
-
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
-// Without the networking flags Chromium keeps trying to reach Google's hosts, which this
-// machine's closed network refuses.
-const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-
-async function browser (t: TestContext): Promise<Browser> {
-  if (!existsSync(CHROMIUM)) throw new Error(`Chromium is not installed at ${CHROMIUM} (apt-get install -y chromium; .ci/run does it)`)
-  const launched = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS })
-  t.teardown(async () => { await launched.close() })
-  return launched
-}
 
 /** The app listening on a real port, its public URL that very address. */
 async function serve (t: TestContext, env: Record<string, string> = {}, port?: number): Promise<{ base: string, app: Awaited<ReturnType<typeof build>> }> {

@@ -68,3 +68,26 @@ t.test('health probes and routes outside /api are not limited', async t => {
   const response = await server.inject({ url: '/api/health' })
   t.notOk(response.headers['ratelimit-limit'])
 })
+
+t.test('IPv6 clients count per /64 (RATE_LIMIT_IPV6_PREFIX), IPv4 ones per address', async t => {
+  const server = await limited(t, { TRUST_PROXY: 'true' })
+  const from = async (ip: string) => (await server.inject({ url: '/api/test/ping', headers: { 'x-forwarded-for': ip } })).statusCode
+  // A client that takes a new address of its /64 for every request.
+  t.same([await from('2001:db8:1:2::1'), await from('2001:db8:1:2:a:b:c:d'), await from('2001:db8:1:2:ffff::7')], [200, 200, 200])
+  t.equal(await from('2001:db8:1:2:1234:5678:9abc:def0'), 429, 'a fourth address of the same /64 is the same client')
+  t.equal(await from('2001:db8:1:3::1'), 200, 'another /64 is another client')
+  t.equal(await server.store.get('rl:2001:db8:1:2::/64'), '4', 'one counter for the /64')
+  t.equal(await from('2001:db8:1:2ff::1'), 200, 'a /64 in the same /56 too (@fastify/rate-limit alone would group by /56)')
+
+  t.same([await from('203.0.113.1'), await from('::ffff:203.0.113.1'), await from('203.0.113.1')], [200, 200, 200])
+  t.equal(await from('::ffff:203.0.113.1'), 429, 'an IPv4 address written as IPv6 is that address')
+  t.equal(await from('203.0.113.2'), 200, 'IPv4 addresses count one by one')
+})
+
+t.test('RATE_LIMIT_IPV6_PREFIX sets the network an IPv6 client counts for', async t => {
+  const wide = await limited(t, { TRUST_PROXY: 'true', RATE_LIMIT_MAX: '1', RATE_LIMIT_IPV6_PREFIX: '48' })
+  const at = async (server: typeof wide, ip: string) => (await server.inject({ url: '/api/test/ping', headers: { 'x-forwarded-for': ip } })).statusCode
+  t.same([await at(wide, '2001:db8:1:2::1'), await at(wide, '2001:db8:1:3::1'), await at(wide, '2001:db8:2::1')], [200, 429, 200], '/48')
+  const exact = await limited(t, { TRUST_PROXY: 'true', RATE_LIMIT_MAX: '1', RATE_LIMIT_IPV6_PREFIX: '128' })
+  t.same([await at(exact, '2001:db8:1:2::1'), await at(exact, '2001:db8:1:2::1'), await at(exact, '2001:db8:1:2::2')], [200, 429, 200], '128: per address')
+})

@@ -101,7 +101,7 @@ const EXPECTED: Record<string, Family[]> = {
       status: 400,
       requests: [get('/api/auth/oauth/google/start'), get('/api/auth/google'), post('/auth/signin/google')]
     },
-    { message: 'The OpenID Connect provider is not configured', status: 400, requests: [post('/api/auth/callback', {}, { code: 'abc' })] }
+    { message: 'The OpenID Connect provider is not configured', status: 400, requests: [post('/api/auth/callback', {}, { code: 'abc', codeVerifier: 'v'.repeat(43), nonce: 'n'.repeat(16) })] }
   ]
 }
 

@@ -2,7 +2,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import pg from 'pg'
 import t from 'tap'
-import { admin, bearer, registerVerified } from '../auth-helper.js'
+import { admin, bearer, PASSWORD, registerVerified } from '../auth-helper.js'
 import { build, statementsDuring, twoInstancesSkip, type Env, type TestContext } from '../helper.js'
 
 /*
@@ -283,6 +283,45 @@ t.test('a removed member\'s tokens are revoked; a deactivated user\'s token is 4
   t.equal(inactive.statusCode, 403, 'the cached user is dropped at once')
   t.equal(inactive.json().error, 'User account is inactive')
   t.equal(inactive.json().code, 'USER_INACTIVE')
+})
+
+t.test('deactivation revokes a user\'s tokens for good: 403 while inactive, still refused (401) and not listed once reactivated', async t => {
+  const app = await build(t)
+  const other = twoInstancesSkip === false ? await sibling(t, app) : undefined
+  const root = await admin(app)
+  const bob = await registerVerified(app, 'bob@example.com')
+  const minted = await mint(app, bob.accessToken, { name: 'nightly export', scope: 'read_only' })
+  t.equal((await members(app, minted.token)).statusCode, 200)
+  if (other !== undefined) t.equal((await members(other, minted.token)).statusCode, 200, 'the other instance has verified (and cached) the token')
+  const patch = async (isActive: boolean) => await app.inject({ method: 'PATCH', url: `/api/admin/users/${bob.user.id}`, headers: bearer(root.accessToken), payload: { isActive } })
+
+  t.equal((await patch(false)).statusCode, 200)
+  const inactive = await members(app, minted.token)
+  t.equal(inactive.statusCode, 403, 'while deactivated the token is told why')
+  t.same(inactive.json(), { error: 'User account is inactive', code: 'USER_INACTIVE' })
+  const row = await app.db.selectFrom('integration_tokens').select('revoked_at').where('id', '=', minted.id).executeTakeFirstOrThrow()
+  t.ok(row.revoked_at instanceof Date, 'revoked in the database')
+  const updated = await app.db.selectFrom('audit_log').select('details').where('action', '=', 'admin.user_updated').executeTakeFirstOrThrow()
+  t.match(updated.details, { after: { isActive: false }, tokensRevoked: 1 })
+
+  t.equal((await patch(true)).statusCode, 200)
+  const reactivated = await members(app, minted.token)
+  t.equal(reactivated.statusCode, 401, 'reactivation does not bring the token back')
+  t.equal(reactivated.json().error, AUTH_REQUIRED)
+  const signedIn = await app.inject({ method: 'POST', url: '/api/auth/login', payload: { email: 'bob@example.com', password: PASSWORD } })
+  t.equal(signedIn.statusCode, 200, 'the user signs in again')
+  t.same(await listed(app, signedIn.json().accessToken), [], 'the revoked token is no longer listed')
+  t.ok((await mint(app, signedIn.json().accessToken)).token, 'and may mint a new one')
+
+  await t.test('on another instance, through pub/sub', { skip: twoInstancesSkip }, async t => {
+    const started = Date.now()
+    let there = await members(other!, minted.token)
+    while (there.statusCode === 200 && Date.now() - started < 1_000) {
+      await new Promise(resolve => setTimeout(resolve, 20))
+      there = await members(other!, minted.token)
+    }
+    t.equal(there.statusCode, 401, `refused on the other instance too (after ${Date.now() - started} ms)`)
+  })
 })
 
 t.test('the steady state of a token costs no query: N requests run exactly N member listings and no write', async t => {

@@ -57,10 +57,13 @@ t.test('memory store keeps sessions across a restart but starts its counters ove
   await first.set('ml:abc', 'pending', 60_000)
   await first.addRevocation('session', 's0', Date.now() + 60_000)
   // What plugins/rate-limit.ts and src/auth/throttle.ts count, under their own prefixes.
-  for (const key of ['rl:127.0.0.1', 'rl:user:u1', 'signin:ip:127.0.0.1', 'signin:fail:abc', 'ml:rate:abc', 'refresh:s1']) {
+  for (const key of ['rl:127.0.0.1', 'rl:2001:db8:1:2::/64', 'rl:user:u1', 'signin:ip:127.0.0.1', 'signin:fail:abc', 'ml:rate:abc']) {
     await first.increment(key, 60_000)
     await first.increment(key, 60_000, 4)
   }
+  // The session's own refresh budget (one of one used), counted by the rotation.
+  await first.createSession('s2', state, 'hash-a')
+  t.equal((await first.rotateRefreshTokenWithLimit('s2', 'hash-a', 'hash-b', Date.now(), 10_000, { max: 1, windowMs: 60_000 })).status, 'rotated')
   await first.close()
   const second = await MemoryStore.create({ prefix: 'gh:', snapshotFile })
   t.teardown(() => second.close())
@@ -68,10 +71,11 @@ t.test('memory store keeps sessions across a restart but starts its counters ove
   t.same(await second.rotateRefreshToken('s1', 'hash-1', 'hash-2', Date.now(), 10_000), { status: 'rotated', session: state }, 'with its refresh token')
   t.equal(await second.get('ml:abc'), 'pending', 'pending links survived')
   t.same((await second.listRevocations('session', Date.now())).map(entry => entry.id), ['s0'], 'revocations survived')
-  for (const key of ['rl:127.0.0.1', 'rl:user:u1', 'signin:ip:127.0.0.1', 'signin:fail:abc', 'ml:rate:abc', 'refresh:s1']) {
+  for (const key of ['rl:127.0.0.1', 'rl:2001:db8:1:2::/64', 'rl:user:u1', 'signin:ip:127.0.0.1', 'signin:fail:abc', 'ml:rate:abc']) {
     t.equal(await second.get(key), null, `${key} is not kept`)
     t.equal((await second.increment(key, 60_000)).count, 1, `${key} counts from 1 again`)
   }
+  t.equal((await second.rotateRefreshTokenWithLimit('s2', 'hash-b', 'hash-c', Date.now(), 10_000, { max: 1, windowMs: 60_000 })).status, 'rotated', 'a session\'s refresh budget starts over too')
 })
 
 t.test('redis store fails fast when Redis does not answer', async t => {

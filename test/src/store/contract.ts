@@ -82,6 +82,24 @@ export function storeContract (t: Test, create: Factory): void {
     t.equal((await store.increment('fresh', 150, 7)).count, 7, 'a batch can open a window')
   })
 
+  t.test('release gives back one hit of a live counter, and never makes one', async t => {
+    const store = await create(t)
+    await store.increment('reserved', 10_000)
+    await store.increment('reserved', 10_000)
+    await store.release('reserved')
+    t.equal((await store.increment('reserved', 10_000)).count, 2, 'one hit given back')
+    await Promise.all(Array.from({ length: 2 }, async () => { await store.release('reserved') }))
+    const after = await store.increment('reserved', 10_000)
+    t.equal(after.count, 1, 'no lost releases')
+    t.ok(after.ttlMs > 0 && after.ttlMs <= 10_000, 'the window kept')
+    await store.release('absent')
+    t.equal(await store.get('absent'), null, 'an absent counter is not created')
+    await store.increment('brief', 100)
+    await sleep(160)
+    await store.release('brief')
+    t.equal((await store.increment('brief', 100)).count, 1, 'an expired counter starts over from one, not zero')
+  })
+
   t.test('publish reaches subscribers until they unsubscribe', async t => {
     const store = await create(t)
     const received: string[] = []
@@ -172,6 +190,35 @@ export function storeContract (t: Test, create: Factory): void {
     t.equal(results.filter(result => result.status === 'rotated').length, 1, 'one rotation')
     t.equal(results.filter(result => result.status === 'grace').length, 19, 'the others in grace')
     t.same(await store.rotateRefreshToken('s', 'h1', 'h2', now, 10_000), { status: 'rotated', session: { userId: 'u4', rememberMe: false, expiresAt: now + 60_000, workspaceId: null } })
+  })
+
+  t.test('refresh rotation with a limit: only valid presentations spend it, atomically', async t => {
+    const store = await create(t)
+    const now = Date.now()
+    const state = { userId: 'u5', rememberMe: false, expiresAt: now + 60_000, workspaceId: null }
+    const limit = { max: 3, windowMs: 10_000 }
+    await store.createSession('s', state, 'h0')
+    const wrong = await Promise.all(Array.from({ length: 50 }, (_, index) => store.rotateRefreshTokenWithLimit('s', `garbage-${index}`, 'x', now, 10_000, limit)))
+    t.same(new Set(wrong.map(result => result.status)), new Set(['invalid']), '50 wrong tokens naming the session are invalid…')
+    t.same(await store.rotateRefreshTokenWithLimit('s', 'h0', 'h1', now, 10_000, limit), { status: 'rotated', session: state }, '…and spent nothing of the session\'s budget')
+    t.same(await store.rotateRefreshTokenWithLimit('s', 'h0', 'h1', now + 1_000, 10_000, limit), { status: 'grace', session: state }, 'the grace answer is a presentation too (2 of 3)')
+    t.same(await store.rotateRefreshTokenWithLimit('s', 'h1', 'h2', now + 2_000, 10_000, limit), { status: 'rotated', session: state }, '3 of 3')
+    const limited = await store.rotateRefreshTokenWithLimit('s', 'h2', 'h3', now + 3_000, 10_000, limit)
+    t.equal(limited.status, 'limited', 'the fourth valid presentation is refused')
+    t.ok(limited.status === 'limited' && limited.retryAfterMs > 0 && limited.retryAfterMs <= 10_000, 'with the time left in the window')
+    t.same(await store.rotateRefreshToken('s', 'h2', 'h3', now + 3_000, 10_000), { status: 'rotated', session: state }, 'nothing rotated while limited: h2 is still current')
+    t.same(await store.rotateRefreshTokenWithLimit('s', 'h1', 'h2', now + 20_000, 10_000, limit), { status: 'reused', userId: 'u5' }, 'reuse is detected whatever the budget')
+
+    await store.createSession('p', state, 'p0')
+    const parallel = await Promise.all(Array.from({ length: 20 }, () => store.rotateRefreshTokenWithLimit('p', 'p0', 'p1', now, 10_000, limit)))
+    t.same(parallel.map(result => result.status).sort(), [...Array(17).fill('limited'), 'grace', 'grace', 'rotated'].sort(), 'exactly the limit under concurrency')
+
+    await store.createSession('w', state, 'w0')
+    const brief = { max: 1, windowMs: 100 }
+    t.equal((await store.rotateRefreshTokenWithLimit('w', 'w0', 'w1', now, 10_000, brief)).status, 'rotated')
+    t.equal((await store.rotateRefreshTokenWithLimit('w', 'w1', 'w2', now, 10_000, brief)).status, 'limited')
+    await sleep(160)
+    t.equal((await store.rotateRefreshTokenWithLimit('w', 'w1', 'w2', now, 10_000, brief)).status, 'rotated', 'a new window')
   })
 
   t.test('revocations: listed until they lapse', async t => {
