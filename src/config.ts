@@ -109,9 +109,9 @@ export const ConfigSchema = Type.Object({
     accepts: 'false, true, a number of hops, or a comma-separated list of IP addresses or CIDR ranges'
   }),
   BODY_LIMIT: size('1mb', { description: 'Largest accepted request body.' }),
-  RATE_LIMIT_MAX: integer(100, 1, 1_000_000_000, 'Unauthenticated requests per IP per RATE_LIMIT_WINDOW on /api/* and /auth/*. A refresh or logout that presents a valid session counts against that session instead.'),
+  RATE_LIMIT_MAX: integer(100, 1, 1_000_000_000, 'Unauthenticated requests per IP per RATE_LIMIT_WINDOW on /api/* and /auth/*. A refresh, logout or sign-out that presents a live session is not counted here (a refresh counts against REFRESH_MAX_PER_SESSION instead).'),
   RATE_LIMIT_WINDOW: duration('15m', { description: 'Window of the per-IP rate limit.' }),
-  RATE_LIMIT_IPV6_PREFIX: integer(64, 1, 128, 'Every per-IP limit (the one above, the sign-in and magic-link limits) counts an IPv6 client per network of this prefix length, since a client may use any address of the /64 it was given; 128 counts each address. IPv4 addresses, also written as ::ffff:a.b.c.d, count one by one.'),
+  RATE_LIMIT_IPV6_PREFIX: integer(64, 1, 128, 'Every per-IP limit (the one above and the sign-in budget, which magic-link requests spend too) counts an IPv6 client per network of this prefix length, since a client may use any address of the /64 it was given; 128 counts each address. IPv4 addresses, also written as ::ffff:a.b.c.d, count one by one.'),
   DOCS: oneOf(['enabled', 'disabled'], 'enabled', 'The OpenAPI document (/docs/json) and its UI (/docs). disabled answers 404 there, for deployments that do not publish their API description.'),
   RESPONSE_ENVELOPE: oneOf(['none', 'success'], 'none',
     'success wraps every JSON answer of the API in an envelope, for clients written against that shape: {success, data} or {success:false, message, code}.'),

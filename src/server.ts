@@ -46,7 +46,7 @@ try {
 }
 // Fastify's lines name the sockets; this one names the URL to open (cookies and origin checks go by it).
 const base = publicUrl(config)
-server.log.info(`Gatehouse is ready at ${base} — API docs ${base}/docs, demo ${base}/demo`)
+server.log.info(`Gatehouse is ready at ${base} — ${config.DOCS === 'enabled' ? `API docs ${base}/docs, ` : ''}demo ${base}/demo`)
 
 /** A reason the operator can act on, said in one line; undefined for a failure that needs its stack. */
 function startupProblem (error: unknown, config: Config): string | undefined {
