@@ -162,6 +162,15 @@ declare module 'fastify' {
     signedIn: (request: FastifyRequest, messages?: UnauthorizedMessages) => Promise<void>
     /** preParsing hook: authenticate, then 403 unless the user is a global ADMIN. */
     authenticateAdmin: (request: FastifyRequest) => Promise<void>
+    /**
+     * For a write that lets someone into an account or its workspace, first in its transaction
+     * (one statement): holds the caller's user row until the commit, and asks the database what
+     * the auth hook asked its caches — the user is active (else 403 USER_INACTIVE) and the
+     * session or integration token is not revoked (else the route's 401); answers the user's
+     * global role. A mailbox proof or a deactivation under way is waited for and its outcome
+     * seen; one that begins later waits for this write, and then voids it with the rest.
+     */
+    lockCaller: (trx: Transaction<Database>, request: FastifyRequest) => Promise<{ role: 'ADMIN' | 'MEMBER' }>
     /** `authenticate` as a preParsing hook, synchronous when the user is cached. */
     authenticateHook: preParsingHookHandler
     /** Sets the refresh_token and access_token cookies. */
@@ -609,6 +618,32 @@ export default fp(async (fastify) => {
   fastify.decorate('authenticateAdmin', async (request: FastifyRequest) => {
     await authenticate(request)
     if (request.user!.role !== 'ADMIN') throw errors.forbidden('Admin access required', 'ADMIN_REQUIRED')
+  })
+
+  fastify.decorate('lockCaller', async (trx: Transaction<Database>, request: FastifyRequest) => {
+    const auth = request.auth!
+    // The 401 texts the request was let in with: the tenancy plugin's for routes with an action.
+    const messages = request.routeOptions.config.action === undefined
+      ? UNAUTHORIZED_MESSAGES[request.routeOptions.config.unauthorized ?? 'default']
+      : UNAUTHORIZED_MESSAGES.seed003
+    // The lock conflicts with the proof's FOR UPDATE and the deactivation's UPDATE of the row,
+    // so either one under way is waited for. It is an exclusive one, not FOR SHARE: PostgreSQL
+    // grants a share lock beside other share locks even while a FOR UPDATE waits, so a stream
+    // of overlapping writes could keep a proof or a deactivation out until it timed out;
+    // exclusive lockers queue in turn (the caller's own such writes run one at a time).
+    const caller = await trx.selectFrom('users').select(['is_active', 'role'])
+      .where('id', '=', auth.userId).forNoKeyUpdate().executeTakeFirst()
+    // The credential in a statement of its own, so that it sees what a proof or a deactivation
+    // waited for above committed (after a wait, READ COMMITTED reads afresh only the rows it
+    // locked). It is not locked: the proof revokes the tokens of other members too, whose
+    // writes hold their own user's row and wait for the workspace's (plugins/tenancy.ts).
+    const credential = auth.kind === 'session'
+      ? await trx.selectFrom('sessions').select('revoked_at').where('id', '=', auth.sessionId).where('user_id', '=', auth.userId).executeTakeFirst()
+      : await trx.selectFrom('integration_tokens').select('revoked_at').where('id', '=', auth.token.id).where('user_id', '=', auth.userId).executeTakeFirst()
+    if (caller === undefined || credential === undefined) throw errors.unauthorized(messages.invalid, 'TOKEN_INVALID')
+    if (!caller.is_active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+    if (credential.revoked_at !== null) throw errors.unauthorized(messages.invalid, 'TOKEN_INVALID')
+    return { role: caller.role }
   })
 
   // --- cookies ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 import type { FastifyRequest, preParsingHookHandler, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import type { MemberRole } from '../src/db/types.js'
+import type { Transaction } from 'kysely'
+import type { Database, MemberRole } from '../src/db/types.js'
 import { errors } from '../src/errors.js'
 import { MAX_INT4 } from '../src/schemas/common.js'
 import { MESSAGES, POLICIES, type Action, type Policy } from '../src/tenancy/policy.js'
@@ -34,6 +35,16 @@ declare module 'fastify' {
   }
   interface FastifyInstance {
     memberships: Memberships
+    /**
+     * For a write in the request's workspace, first in its transaction: `lockCaller` (the caller
+     * is still signed in and active), then the workspace's row, then the caller's membership
+     * read again under that lock — what the tenancy hook read from its cache may have changed
+     * since (a mailbox proof that removed the members let in before it, an owner who removed
+     * the caller), and the write then answers as the hook would now. The workspace's lock
+     * conflicts with the proof's and with the member routes', so either one under way is
+     * waited for, and one that begins later waits for this write. Answers the caller's membership.
+     */
+    lockAccess: (trx: Transaction<Database>, request: FastifyRequest) => Promise<MemberRef>
   }
 }
 
@@ -106,6 +117,19 @@ export default fp(async (fastify) => {
   }
   fastify.decorate('memberships', memberships)
   fastify.decorateRequest('access', null)
+
+  fastify.decorate('lockAccess', async (trx: Transaction<Database>, request: FastifyRequest): Promise<MemberRef> => {
+    const { workspaceId } = request.access!
+    const policy: Policy = POLICIES[request.routeOptions.config.action!]
+    await fastify.lockCaller(trx, request)
+    // FOR NO KEY UPDATE: rows that merely reference the workspace (a bird added meanwhile) do
+    // not wait for it. Two statements: after a wait, READ COMMITTED reads afresh only what it locked.
+    await trx.selectFrom('workspaces').select('id').where('id', '=', workspaceId).forNoKeyUpdate().executeTakeFirst()
+    const member = await trx.selectFrom('workspace_members').select(['id', 'role'])
+      .where('workspace_id', '=', workspaceId).where('user_id', '=', request.auth!.userId).executeTakeFirst() ?? null
+    grant(request, policy, workspaceId, member)
+    return member!
+  })
 
   /** The workspace a request names: `X-Workspace-Id` when sent, else its token's. */
   const workspaceOf = (request: FastifyRequest): number | null => {

@@ -147,7 +147,7 @@ export const ConfigSchema = Type.Object({
   MAGIC_LINKS: oneOf(['enabled', 'disabled'], 'enabled', 'Sign-in by e-mail link. In production it needs SMTP_URL.'),
   MAGIC_LINK_TTL: duration('10m', { description: 'How long a magic link stays valid (it works once).' }),
   MAGIC_LINK_CONFIRM: oneOf(['direct', 'page'], 'direct',
-    'direct: opening the link signs in. page: the link opens a page whose button signs in, so mail scanners that pre-open links do not use them up.'),
+    'direct: opening the link signs in at once in the browser that asked for it (its binding cookie, set where PUBLIC_URL is https or a loopback host); anywhere else — another browser or device, a link asked for by a script (no Origin header), an invitation link — it opens a confirmation page that names the address and whose button signs in. page: the link always opens that page, so mail scanners that pre-open links do not use them up.'),
   INVITE_TTL: duration('7d', { description: 'How long the sign-in link of a workspace invitation stays valid (it works once).' }),
   MAGIC_LINK_MAX_PER_EMAIL: integer(5, 1, 1_000_000, 'Magic links per e-mail address per LOGIN_WINDOW.'),
   SMTP_URL: url('SMTP server for outgoing mail, e.g. smtps://user:pass@smtp.example.com. Unset outside production: magic-link requests answer a previewUrl instead.', ['smtp', 'smtps'], true),
@@ -343,6 +343,15 @@ export function publicUrl (config: Config): string {
 }
 
 const LOOPBACK_HOSTS = ['localhost', '127.0.0.1', '[::1]']
+
+/**
+ * Whether browsers keep a Secure cookie from PUBLIC_URL: on https, and over plain http only on
+ * a loopback host (a "potentially trustworthy" origin: the names above and *.localhost).
+ */
+export function keepsSecureCookies (config: Config): boolean {
+  const url = new URL(publicUrl(config))
+  return url.protocol === 'https:' || LOOPBACK_HOSTS.includes(url.hostname) || url.hostname.endsWith('.localhost')
+}
 
 /**
  * The origins of this server's own pages, for every check of an Origin header: PUBLIC_URL's.

@@ -71,16 +71,56 @@ export async function registerVerified (app: FastifyInstance, email: string, pas
   return signedIn
 }
 
+/** The cookies a response set, as a Cookie header for the next request (as a browser sends them back). */
+export function cookiesOf (response: LightMyRequestResponse): string {
+  const headers = response.headers['set-cookie']
+  const list = headers === undefined ? [] : Array.isArray(headers) ? headers : [headers]
+  return list.map(header => header.split(';')[0]!).join('; ')
+}
+
+/** A magic link and the Cookie header of the browser that asked for it ('' when a script did). */
+export interface AskedLink { response: LightMyRequestResponse, link: URL, binding: string }
+
 /**
- * Follows an invitation (or magic) link as the invitee's mail client and SPA would: open it,
- * then refresh with the cookie it set, from the frontend's `origin`. The access token is ''
- * when the link signed nobody in.
+ * Asks for a magic link (the answer's previewUrl) as the page at `origin` would — a browser,
+ * which gets the link's binding cookie — or, with `origin` null, as a script.
  */
-export async function acceptInvitation (app: FastifyInstance, link: string, origin: string): Promise<{ opened: LightMyRequestResponse, accessToken: string }> {
-  const url = new URL(link)
-  const opened = await app.inject({ url: url.pathname + url.search })
+export async function askMagicLink (app: FastifyInstance, payload: Record<string, unknown>, origin: string | null = 'http://localhost:3000'): Promise<AskedLink> {
+  const response = await app.inject({ method: 'POST', url: '/api/auth/magic-link/request', payload, headers: origin === null ? {} : { origin } })
+  if (response.statusCode !== 202) throw new Error(`magic link request failed: ${response.statusCode} ${response.body}`)
+  return { response, link: new URL(response.json().previewUrl as string), binding: cookiesOf(response) }
+}
+
+/** Opens a link (GET) with the cookies of the browser that asked for it, if any. */
+export async function openLink (app: FastifyInstance, link: URL | string, binding = ''): Promise<LightMyRequestResponse> {
+  const url = typeof link === 'string' ? new URL(link) : link
+  return await app.inject({ url: url.pathname + url.search, headers: binding === '' ? {} : { cookie: binding } })
+}
+
+/** Clicks the confirmation page's button: the form post of the link's token, from the page's own origin. */
+export async function confirmLink (app: FastifyInstance, link: URL | string): Promise<LightMyRequestResponse> {
+  const url = typeof link === 'string' ? new URL(link) : link
+  return await app.inject({
+    method: 'POST',
+    url: '/api/auth/magic-link/verify',
+    headers: { origin: url.origin, 'content-type': 'application/x-www-form-urlencoded' },
+    payload: `token=${url.searchParams.get('token') ?? ''}`
+  })
+}
+
+/**
+ * Follows an invitation link (or a link asked for elsewhere) as the invitee's browser and SPA
+ * would: open it — the confirmation page, since the invitee's browser never asked for it — click
+ * its button, then refresh with the cookie that set, from the frontend's `origin`. `opened` is
+ * the answer that ended it: the confirmation's 302, or the link's own refusal (400 when used or
+ * expired); `page` is what opening the link showed. The access token is '' when the link
+ * signed nobody in.
+ */
+export async function acceptInvitation (app: FastifyInstance, link: string, origin: string): Promise<{ page: LightMyRequestResponse, opened: LightMyRequestResponse, accessToken: string }> {
+  const page = await openLink(app, link)
+  const opened = page.statusCode === 200 ? await confirmLink(app, link) : page
   const refresh = cookie(opened, 'refresh_token')
-  if (refresh === undefined) return { opened, accessToken: '' }
+  if (refresh === undefined) return { page, opened, accessToken: '' }
   const refreshed = await app.inject({ method: 'POST', url: '/api/auth/refresh', headers: { origin, cookie: `refresh_token=${refresh.value as string}` } })
-  return { opened, accessToken: refreshed.json().accessToken }
+  return { page, opened, accessToken: refreshed.json().accessToken }
 }

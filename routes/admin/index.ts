@@ -72,6 +72,8 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const { before, after, tokenIds } = await db.transaction().execute(async trx => {
       // Admin changes are serialized, so two admins cannot demote each other at once.
       await trx.selectNoFrom(eb => eb.fn('pg_advisory_xact_lock', [eb.fn('hashtext', [eb.val('gatehouse:admins')])]).as('locked')).execute()
+      // An admin deactivated or demoted while this request waited for that lock changes nothing.
+      if ((await fastify.lockCaller(trx, request)).role !== 'ADMIN') throw errors.forbidden('Admin access required', 'ADMIN_REQUIRED')
       const before = await trx.selectFrom('users').select(USER_COLUMNS).where('id', '=', request.params.id).executeTakeFirst()
       if (before === undefined) throw errors.notFound('user')
       const losesAdmin = before.role === 'ADMIN' && before.is_active && (role === 'MEMBER' || isActive === false)

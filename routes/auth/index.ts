@@ -10,7 +10,7 @@ import { audit, auditRow, normalizeEmail, publicUser, PublicUser, publicUserJson
 import { Email, errorResponses, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
 import { defaultWorkspaceQuery, workspaceForSignIn } from '../../src/tenancy/workspaces.js'
 import { prepared } from '../../src/db/index.js'
-import { REFRESH_COOKIE, type IssuedSession } from '../../plugins/auth.js'
+import { REFRESH_COOKIE, type IssuedSession, type Origin } from '../../plugins/auth.js'
 
 const Password = Type.String({ minLength: 1, maxLength: 1024, description: 'Any characters; at least PASSWORD_MIN_LENGTH, never truncated' })
 const Name = Type.String({ maxLength: 200 })
@@ -82,6 +82,19 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }
 
+  /**
+   * Why a sign-in whose password verified wrote nothing: the account changed while it was
+   * checked. Deactivated — 403, as for a deactivated account's right password, and audited
+   * alike — or its password removed by a mailbox proof: a wrong password's 401. (A new
+   * statement, after the sign-in's own has waited for that change to commit, so it sees it.)
+   */
+  const refusedMeanwhile = async (userId: string, origin: Origin): Promise<never> => {
+    const account = await db.selectFrom('users').select('is_active').where('id', '=', userId).executeTakeFirst()
+    if (account?.is_active !== false) throw errors.unauthorized('Invalid email or password', 'INVALID_CREDENTIALS')
+    await audit(db, { action: 'auth.login_refused', actorUserId: userId, subjectType: 'user', subjectId: userId, ip: origin.ip, userAgent: origin.userAgent, details: { reason: 'inactive' } })
+    throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
+  }
+
   /** Browsers (which send Origin) get the refresh token only as an HttpOnly cookie. */
   const tokenAnswer = (request: FastifyRequest, reply: FastifyReply, session: IssuedSession, user: PublicUser) =>
     ({ ...fastify.sessionTokens(request, reply, session), user })
@@ -128,25 +141,24 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const origin = fastify.originOf(request)
     // Failures per address, whether or not it has an account, so the limit reveals nothing.
     const failuresKey = `signin:fail:${emailKey(email)}`
-    // The per-IP budget, the address's count and the account are asked for at once: one
-    // round trip to each store (the two counters leave in one pipeline). The account comes
-    // with its default workspace, so that the session can be stored while its row is written
-    // below. The attempt is counted on the address before the hash — a reservation, not a
-    // read — so that guesses in parallel, on any instance, cannot outrun the limit: at most
-    // LOGIN_MAX_PER_ACCOUNT of them are verified per window (SPEC decision 12).
-    const [perIp, attempts, found] = await Promise.all([
-      store.increment(signInIpKey(config, request), config.LOGIN_WINDOW),
-      store.increment(failuresKey, config.LOGIN_WINDOW),
+    // The counters and the account are asked for at once: the account comes with its default
+    // workspace, so that the session can be stored while its row is written below. The attempt
+    // is counted on the address before the hash — a reservation, not a read — so that guesses
+    // in parallel, on any instance, cannot outrun the limit: at most LOGIN_MAX_PER_ACCOUNT of
+    // them are verified per window (SPEC decision 12). But only once the per-IP budget has
+    // let the attempt in (one more store round trip, under the database's, before a hash of
+    // some 15 ms): an IP past its budget reserves nothing, so it cannot lock accounts out, in
+    // parallel or not. (One script cannot do both: the two keys live in different Redis
+    // Cluster slots, and tagging them into one would put every sign-in on one node.)
+    const [attempts, found] = await Promise.all([
+      store.increment(signInIpKey(config, request), config.LOGIN_WINDOW).then(async perIp => {
+        refuseOverSignInBudget(config, reply, perIp)
+        return await store.increment(failuresKey, config.LOGIN_WINDOW)
+      }),
       prepared(db, db.selectFrom('users').select([...USER_COLUMNS, 'password_hash'])
         .select(eb => defaultWorkspaceQuery(db, eb.ref('users.id')).as('workspace_id'))
         .where('email', '=', email)).then(rows => rows[0])
     ])
-    if (perIp.count > config.LOGIN_MAX_PER_IP && attempts.count <= config.LOGIN_MAX_PER_ACCOUNT) {
-      // Refused for its IP, the attempt gives the address its reservation back: an IP past
-      // its budget must not go on locking accounts out without a guess.
-      await store.release(failuresKey).catch(() => {})
-    }
-    refuseOverSignInBudget(config, reply, perIp)
     refuseOver(reply, attempts, config.LOGIN_MAX_PER_ACCOUNT, 'Too many failed sign-in attempts for this account, please try again later.')
     // Unknown address and wrong password take the same time (a dummy hash) and answer alike.
     const valid = await verifyPassword(found?.password_hash, request.body.password)
@@ -182,11 +194,13 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     // round trip and one implicit transaction, all or nothing; the store keeps the session
     // meanwhile (undone when the statement fails).
     const [{ session, user }] = await Promise.all([sessions.activate(pending, async () => await prepared(db, db
-      // Only while the verified password is still the account's: a mailbox proof that removed
-      // it meanwhile (src/auth/mailbox.ts; it holds the account's row until it commits) leaves
-      // `signed_in` empty, so no session or audit row is written, and the answer is a wrong password's.
+      // Only while the verified password is still the account's and the account is active: a
+      // mailbox proof that removed the password meanwhile (src/auth/mailbox.ts; it holds the
+      // account's row until it commits), or a deactivation that committed meanwhile, leaves
+      // `signed_in` empty, so no session or audit row is written (see `refusedMeanwhile`).
       .with('signed_in', q => q.updateTable('users').set({ last_login_at: new Date(fastify.now()) })
-        .where('id', '=', found.id).where('password_hash', '=', found.password_hash!).returning(USER_COLUMNS))
+        .where('id', '=', found.id).where('password_hash', '=', found.password_hash!).where('is_active', '=', true)
+        .returning(USER_COLUMNS))
       .with('session', q => q.insertInto('sessions').columns(Object.keys(pending.row) as Array<keyof typeof pending.row>)
         .expression(q.selectFrom('signed_in').select(eb => Object.entries(pending.row).map(([column, value]) => eb.val(value).as(column)))))
       .with('audited', q => {
@@ -197,7 +211,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
           .expression(q.selectFrom('signed_in').select(eb => Object.entries(row).map(([column, value]) => eb.val(value).as(column))))
       })
       .selectFrom('signed_in').selectAll('signed_in'))
-      .then(([signedIn]) => signedIn ?? Promise.reject(errors.unauthorized('Invalid email or password', 'INVALID_CREDENTIALS')))), cleared])
+      .then(async ([signedIn]) => signedIn ?? await refusedMeanwhile(found.id, origin))), cleared])
     // lastLoginAt changed: other instances see it within their user cache's 30 s.
     fastify.users.forget(user.id)
     return tokenAnswer(request, reply, session, publicUser(user))

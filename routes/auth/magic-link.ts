@@ -4,9 +4,9 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { HelmetOptions } from 'helmet'
 import { Type } from 'typebox'
 import { DOCUMENT_HELMET } from '../../plugins/security.js'
-import { isProduction, publicUrl, serverOrigins } from '../../src/config.js'
+import { isProduction, keepsSecureCookies, publicUrl, serverOrigins } from '../../src/config.js'
 import { errors } from '../../src/errors.js'
-import { cleanName, escapeHtml, issueMagicLink, linkKey, type PendingLink } from '../../src/auth/magic-links.js'
+import { bindingCookieName, bindingMatches, cleanName, confirmationPage, createMagicLink, escapeHtml, linkKey, newBinding, type PendingLink } from '../../src/auth/magic-links.js'
 import { mailboxProven, proveMailbox, type ProvenMailbox } from '../../src/auth/mailbox.js'
 import { redirectPolicy } from '../../src/auth/redirects.js'
 import { emailKey, signInThrottle, throttle } from '../../src/auth/throttle.js'
@@ -36,7 +36,10 @@ const INVALID = 'Invalid or expired magic link'
  * not the address has an account, and sends the mail off the request path; the link carries a
  * 256-bit single-use token, stored hashed, valid MAGIC_LINK_TTL. Opening it creates or loads
  * the user, starts a session, sets the cookies and redirects to an allowed frontend URL —
- * without any token in that URL (SPEC decision 5).
+ * without any token in that URL (SPEC decision 5). Without a click only in the browser that
+ * asked for the link (its binding cookie): anywhere else a page names the address and its
+ * button signs in, so that nobody is signed in to someone else's account by a forged
+ * navigation (login CSRF).
  */
 const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, store, db, sessions } = fastify
@@ -45,13 +48,25 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const preview = !fastify.mailer.delivers && !isProduction(config)
   const safeRedirect = redirectPolicy(config)
   const ownOrigins = new Set(serverOrigins(config))
+  // The binding cookie goes to the link's own origin, PUBLIC_URL, as a __Host- cookie (Secure,
+  // Path=/): only this host can set such a cookie. Where the browser does not keep Secure
+  // cookies from PUBLIC_URL (plain http on a host that is not a loopback one) there is none,
+  // and every link opens its page: a cookie without the prefix could be planted by a sibling
+  // host, or by anyone on the network, with the value of the planter's own link.
+  const secureBinding = keepsSecureCookies(config)
+  const bindingCookie = { httpOnly: true, sameSite: 'lax' as const, secure: true, path: '/' }
+  const bindingOf = (request: FastifyRequest, token: string): string | undefined =>
+    request.headers.cookie === undefined ? undefined : fastify.parseCookie(request.headers.cookie)[bindingCookieName(token)]
+  if (enabled && config.MAGIC_LINK_CONFIRM === 'direct' && !secureBinding) {
+    fastify.log.warn('magic links open their confirmation page in every browser: signing in without a click needs PUBLIC_URL on https (or http://localhost)')
+  }
 
   fastify.post('/api/auth/magic-link/request', {
     config: { payload: 'magic link' },
     schema: {
       tags: ['auth'],
       summary: 'E-mail a single-use sign-in link (seed 003)',
-      description: 'Always 202 with the same body, whether or not the address has an account. Without SMTP outside production the answer carries the link as previewUrl.',
+      description: 'Always 202 with the same body, whether or not the address has an account. Without SMTP outside production the answer carries the link as previewUrl. From a browser (a request with Origin) it sets the link\'s binding cookie: opened in that browser, with MAGIC_LINK_CONFIRM=direct, the link signs in without a click.',
       body: RequestBody,
       response: { 202: Accepted, ...errorResponses(400, 410, 429) }
     }
@@ -62,7 +77,12 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     await throttle(store, reply, `ml:rate:${emailKey(email)}`, config.MAGIC_LINK_MAX_PER_EMAIL, config.LOGIN_WINDOW,
       'Too many sign-in links for this address, please try again later.')
     const name = cleanName(request.body.name)
-    const link = await issueMagicLink(store, base, { email, name, redirectTo: safeRedirect(request.body.redirectTo) }, fastify.now(), config.MAGIC_LINK_TTL)
+    // A browser (it sends Origin; scripts do not) gets a cookie for this link alone, the same for every address.
+    const binding = request.headers.origin === undefined || !secureBinding ? undefined : newBinding()
+    const { url: link, token } = await createMagicLink(store, base, {
+      email, name, redirectTo: safeRedirect(request.body.redirectTo), ...(binding === undefined ? {} : { binding: binding.hash })
+    }, fastify.now(), config.MAGIC_LINK_TTL)
+    if (binding !== undefined) reply.setCookie(bindingCookieName(token), binding.value, { ...bindingCookie, maxAge: Math.ceil(config.MAGIC_LINK_TTL / 1000) })
     reply.code(202)
     if (preview) return { ok: true as const, message: ACCEPTED_MESSAGE, delivery: 'preview' as const, previewUrl: link }
     const minutes = Math.round(config.MAGIC_LINK_TTL / 60_000)
@@ -77,12 +97,18 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     return { ok: true as const, message: ACCEPTED_MESSAGE, delivery: 'email' as const }
   })
 
+  /** The link still valid under `token`; read with `store.get` (peek) or `store.take` (one use). */
+  const pendingLink = (stored: string | null): PendingLink => {
+    const pending = stored === null ? undefined : JSON.parse(stored) as PendingLink
+    if (pending === undefined || pending.expiresAt <= fastify.now()) throw errors.badRequest(INVALID, 'INVALID_MAGIC_LINK')
+    return pending
+  }
+
   /** Uses up the link and signs in: cookies set, 302 to the stored (allowed) redirect. */
   const consume = async (request: FastifyRequest, reply: FastifyReply, token: string): Promise<FastifyReply> => {
     if (!enabled) throw errors.gone('Magic-link sign-in is disabled.', 'MAGIC_LINKS_DISABLED')
     const stored = await store.take(linkKey(token))
-    const pending = stored === null ? undefined : JSON.parse(stored) as PendingLink
-    if (pending === undefined || pending.expiresAt <= fastify.now()) throw errors.badRequest(INVALID, 'INVALID_MAGIC_LINK')
+    const pending = pendingLink(stored)
     const origin = fastify.originOf(request)
     const { session, proven } = await db.transaction().execute(async trx => {
       const now = new Date(fastify.now())
@@ -94,7 +120,9 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         .returning(USER_COLUMNS).executeTakeFirst()
       let proven: ProvenMailbox | undefined
       if (user === undefined) {
-        const { id, is_active: active } = await trx.selectFrom('users').select(['id', 'is_active']).where('email', '=', pending.email).executeTakeFirstOrThrow()
+        // Locked before is_active is read: a deactivation under way is waited for and seen, and
+        // one that begins later waits for this sign-in and then ends its session with the rest.
+        const { id, is_active: active } = await trx.selectFrom('users').select(['id', 'is_active']).where('email', '=', pending.email).forUpdate().executeTakeFirstOrThrow()
         if (!active) throw errors.forbidden('User account is inactive', 'USER_INACTIVE')
         proven = await proveMailbox(trx, sessions, now, id, { method: 'magic_link', origin })
         user = await trx.updateTable('users').set({ last_login_at: now }).where('id', '=', id).returning(USER_COLUMNS).executeTakeFirstOrThrow()
@@ -102,17 +130,27 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       const session = await sessions.start(trx, { user, method: 'magic_link', rememberMe: false, origin, emailProven: true })
       await audit(trx, { action: 'auth.login', actorUserId: user.id, subjectType: 'session', subjectId: session.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'magic_link' } })
       return { session: { ...session, userId: user.id }, proven }
+    }).catch(async (error: unknown) => {
+      // A failure of ours (not the link's or the account's 4xx) does not use the link up.
+      if (!((error as { statusCode?: number }).statusCode! < 500)) {
+        await store.set(linkKey(token), stored!, pending.expiresAt - fastify.now()).catch(() => {})
+      }
+      throw error
     })
     if (proven?.firstProof === true) await mailboxProven(fastify, proven)
     else fastify.users.forget(session.userId)
     // Accepted invitations: the new member's very next request sees them, on every instance.
     for (const workspaceId of session.joined ?? []) await fastify.memberships.changed(workspaceId, session.userId)
     fastify.setSessionCookies(reply, session)
+    if (bindingOf(request, token) !== undefined) reply.clearCookie(bindingCookieName(token), bindingCookie)
     return await reply.header('Referrer-Policy', 'no-referrer').redirect(pending.redirectTo, 302)
   }
 
   const pageHelmet: HelmetOptions = {
     ...DOCUMENT_HELMET,
+    // Under no-referrer a browser posts the page's form with `Origin: null`, which the POST
+    // refuses; same-origin sends the page's origin to this server and nothing to anyone else.
+    referrerPolicy: { policy: 'same-origin' },
     contentSecurityPolicy: {
       useDefaults: false as const,
       directives: { defaultSrc: ["'none'"], styleSrc: ["'unsafe-inline'"], formAction: ["'self'"], baseUri: ["'none'"], frameAncestors: ["'none'"] }
@@ -123,23 +161,25 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { helmet: pageHelmet },
     schema: {
       tags: ['auth'],
-      summary: 'Open a magic link: sign in and redirect (seed 003), or with MAGIC_LINK_CONFIRM=page a page whose button signs in',
+      summary: 'Open a magic link: in the browser that asked for it sign in and redirect (seed 003), anywhere else a page whose button signs in',
+      description: 'With MAGIC_LINK_CONFIRM=direct, a link opened with the binding cookie its request set (the browser that asked for it) signs in at once. Otherwise — another browser or device, a link asked for by a script, an invitation link, MAGIC_LINK_CONFIRM=page — the answer is a page that names the address and whose button POSTs the token. The page uses nothing up.',
       querystring: Type.Object({ token: Type.Optional(Token) }),
       response: {
-        200: Type.String({ description: 'MAGIC_LINK_CONFIRM=page: the confirmation page (text/html)' }),
+        200: Type.String({ description: 'The confirmation page (text/html), naming the address the link signs in' }),
         302: Type.Null({ description: 'Signed in: the cookies are set and Location is the frontend' }),
         ...errorResponses(400, 403, 410)
       }
     }
   }, async (request, reply) => {
+    if (!enabled) throw errors.gone('Magic-link sign-in is disabled.', 'MAGIC_LINKS_DISABLED')
     const { token } = request.query
     if (token === undefined) throw errors.badRequest(INVALID, 'INVALID_MAGIC_LINK')
-    if (config.MAGIC_LINK_CONFIRM === 'direct') return await consume(request, reply, token)
-    // A page, so that mail scanners which open links do not use them up.
-    return await reply.header('Cache-Control', 'no-store').type('text/html; charset=utf-8').send(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width"><title>Sign in</title></head>
-<body style="font-family:system-ui,sans-serif;max-width:28rem;margin:4rem auto;text-align:center">
-<h1>Sign in</h1><form method="post" action="/api/auth/magic-link/verify"><input type="hidden" name="token" value="${escapeHtml(token)}">
-<button type="submit" style="font-size:1.1rem;padding:.6rem 1.4rem">Continue</button></form></body></html>`)
+    const pending = pendingLink(await store.get(linkKey(token)))
+    // Without a click only where the link was asked for: a page elsewhere that navigates a
+    // visitor here (with a link to its own address) signs nobody in.
+    if (config.MAGIC_LINK_CONFIRM === 'direct' && bindingMatches(pending, bindingOf(request, token))) return await consume(request, reply, token)
+    // Otherwise a page, which also keeps mail scanners that open links from using them up.
+    return await reply.header('Cache-Control', 'no-store').type('text/html; charset=utf-8').send(confirmationPage(token, pending.email))
   })
 
   // The page's form posts urlencoded; only this route accepts that type.
@@ -152,7 +192,7 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       config: { payload: 'magic link' },
       schema: {
         tags: ['auth'],
-        summary: 'Confirm a magic link from its page (MAGIC_LINK_CONFIRM=page)',
+        summary: 'Confirm a magic link from its page',
         body: Type.Object({ token: Token }),
         response: {
           302: Type.Null({ description: 'Signed in: the cookies are set and Location is the frontend' }),

@@ -5,7 +5,8 @@ import { createSigner } from 'fast-jwt'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import * as oidc from 'openid-client'
 import { Type } from 'typebox'
-import { isProduction, publicUrl } from '../../src/config.js'
+import { isProduction, keepsSecureCookies as keepsSecureCookiesOf, publicUrl } from '../../src/config.js'
+import { violates } from '../../src/db/index.js'
 import { errors } from '../../src/errors.js'
 import { MESSAGES } from '../../src/tenancy/policy.js'
 import { providerRegistry, type Provider } from '../../src/auth/providers.js'
@@ -19,9 +20,6 @@ import { REFRESH_COOKIE } from '../../plugins/auth.js'
 const STATE_TTL = 10 * 60_000
 const BINDING_COOKIE = 'oauth_binding'
 const STATE_INVALID = 'Missing or expired OAuth state'
-// Hosts on which browsers keep a Secure cookie over plain http (a "potentially trustworthy"
-// origin), besides *.localhost.
-const LOOPBACK_HOSTS = ['localhost', '127.0.0.1', '[::1]']
 
 /** A started flow, stored under its state and the hash of its binding cookie (`flowKey`). */
 interface PendingFlow {
@@ -47,9 +45,11 @@ interface IdClaims {
 const sha256 = (text: string): string => createHash('sha256').update(text).digest('base64url')
 /**
  * One binding cookie per flow, named after its state: two tabs that start two flows each
- * keep their own (a cookie name may hold letters, digits, - and _, as base64url does).
+ * keep their own (a cookie name may hold letters, digits, - and _, as base64url does). Where
+ * browsers keep Secure cookies it carries the `__Host-` prefix: such a cookie can only have
+ * been set by this host itself, never planted by a sibling subdomain (cookie tossing).
  */
-const bindingCookieName = (state: string): string => `${BINDING_COOKIE}_${sha256(state).slice(0, 22)}`
+const bindingCookieName = (state: string, hostOnly: boolean): string => `${hostOnly ? '__Host-' : ''}${BINDING_COOKIE}_${sha256(state).slice(0, 22)}`
 /** A flow is found only with its state and the binding cookie of the browser that started it. */
 const flowKey = (state: string, binding: string): string => `oauth:${sha256(state)}:${sha256(binding)}`
 const text = (value: unknown, max = 200): string | null => typeof value === 'string' && value.trim() !== '' ? value.trim().slice(0, max) : null
@@ -128,9 +128,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   // A browser keeps a Secure cookie from https, and from http only on a loopback host.
-  const publicOrigin = new URL(base)
-  const https = publicOrigin.protocol === 'https:'
-  const keepsSecureCookies = https || LOOPBACK_HOSTS.includes(publicOrigin.hostname) || publicOrigin.hostname.endsWith('.localhost')
+  const keepsSecureCookies = keepsSecureCookiesOf(config)
   const formPost = (provider: Provider): boolean => provider.apple !== undefined
   if (!keepsSecureCookies) {
     for (const provider of registry.configured.values()) {
@@ -138,14 +136,16 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }
   /**
-   * The binding cookie's attributes, sent only to the flow's callback. A provider that answers
-   * with a form post (Apple) posts from its own site, which a SameSite=Lax cookie does not
-   * follow: its flows get SameSite=None, which browsers take only with Secure.
+   * The binding cookie's attributes. Where browsers keep Secure cookies (https, or http on a
+   * loopback host) it is a `__Host-` cookie: Secure, Path=/, no Domain, so that no sibling
+   * subdomain can plant one. Elsewhere (plain http in development) it is sent only to the
+   * flow's callback. A provider that answers with a form post (Apple) posts from its own site,
+   * which a SameSite=Lax cookie does not follow: its flows get SameSite=None (always Secure).
    */
   const bindingCookie = (provider: Provider, redirectUri: string) => ({
     httpOnly: true,
-    path: new URL(redirectUri).pathname,
-    ...(formPost(provider) ? { secure: true, sameSite: 'none' as const } : { secure: production || https, sameSite: 'lax' as const })
+    ...(keepsSecureCookies ? { path: '/', secure: true } : { path: new URL(redirectUri).pathname, secure: production }),
+    sameSite: formPost(provider) ? 'none' as const : 'lax' as const
   })
 
   /** Starts a flow: state, nonce and PKCE verifier stored for one use; 302 to the provider. */
@@ -171,7 +171,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       code_challenge_method: 'S256'
     }
     if (formPost(provider)) parameters.response_mode = 'form_post'
-    reply.setCookie(bindingCookieName(state), binding, { ...bindingCookie(provider, redirectUri), maxAge: STATE_TTL / 1000 })
+    reply.setCookie(bindingCookieName(state, keepsSecureCookies), binding, { ...bindingCookie(provider, redirectUri), maxAge: STATE_TTL / 1000 })
     return await reply.redirect(oidc.buildAuthorizationUrl(configuration, parameters).href, 302)
   }
 
@@ -180,7 +180,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const email = typeof claims.email === 'string' ? normalizeEmail(claims.email) : null
     const verified = claims.email_verified === true || claims.email_verified === 'true'
     const proof = { method: 'oauth' as const, identity: { provider: key, subject: claims.sub }, origin }
-    const result = await db.transaction().execute(async trx => {
+    const attempt = async () => await db.transaction().execute(async trx => {
       const now = new Date(fastify.now())
       const linked = async () => await trx.selectFrom('user_identities').select(['id', 'user_id'])
         .where('provider', '=', key).where('subject', '=', claims.sub).executeTakeFirst()
@@ -231,6 +231,12 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       await audit(trx, { action: 'auth.login', actorUserId: user.id, subjectType: 'session', subjectId: session.sessionId, ip: origin.ip, userAgent: origin.userAgent, details: { method: 'oauth', provider: key, created } })
       return { user, session, proven }
     })
+    // Two first sign-ins of one identity (or one address) at once: one inserts, the other's insert
+    // violates the key and rolls back; tried again, it finds what the first made.
+    const result = await attempt().catch(async (error: unknown) => {
+      if (!violates(error, 'users_email_key') && !violates(error, 'user_identities_provider_subject_key')) throw error
+      return await attempt()
+    })
     if (result.proven?.firstProof === true) await mailboxProven(fastify, result.proven)
     else fastify.users.forget(result.user.id)
     for (const workspaceId of result.session.joined ?? []) await fastify.memberships.changed(workspaceId, result.user.id)
@@ -265,7 +271,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const { state } = parameters
     if (state === undefined || state === '') throw errors.badRequest(STATE_INVALID, 'OAUTH_STATE_INVALID')
     const header = request.headers.cookie
-    const name = bindingCookieName(state)
+    const name = bindingCookieName(state, keepsSecureCookies)
     const binding = header === undefined ? undefined : fastify.parseCookie(header)[name]
     if (binding === undefined || binding === '') throw errors.badRequest(STATE_INVALID, 'OAUTH_STATE_INVALID')
     const stored = await store.take(flowKey(state, binding))
@@ -489,7 +495,7 @@ const oauthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const target = redirectUri ?? safeRedirect(undefined)
     if (safeRedirect(target) !== new URL(target, base).toString()) throw errors.badRequest('redirectUri is not allowed', 'REDIRECT_NOT_ALLOWED')
     const configuration = await configurationOf(provider)
-    const currentUrl = new URL(target)
+    const currentUrl = new URL(target, base)
     currentUrl.searchParams.set('code', code)
     // RFC 9207's `iss` guards against mix-ups between providers; this endpoint talks to one
     // provider only, so when the SPA does not pass it on, it is that provider's.

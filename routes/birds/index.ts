@@ -3,8 +3,9 @@ import { Type } from 'typebox'
 import { errors } from '../../src/errors.js'
 import {
   Bird, BirdInput, birdJson, birdsQuery, BirdUpdate, checkFields, DEFAULT_CHART_COLOR, orNull, VetVisit, VetVisitInput, vetVisitJson,
-  tagTaken, violates, Weight, WeightInput, weightJson, type BirdRow
+  tagTaken, Weight, WeightInput, weightJson, type BirdRow
 } from '../../src/birds/birds.js'
+import { violates } from '../../src/db/index.js'
 import { errorResponses, PathId, UUID_PATTERN } from '../../src/schemas/common.js'
 
 const security: Array<Record<string, string[]>> = [{ bearer: [] }, { integrationToken: [] }]

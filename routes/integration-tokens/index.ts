@@ -5,7 +5,6 @@ import type { IntegrationTokensTable } from '../../src/db/types.js'
 import { errors } from '../../src/errors.js'
 import { audit } from '../../src/auth/users.js'
 import { errorResponses, Nullable, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
-import { MESSAGES } from '../../src/tenancy/policy.js'
 import { WorkspaceId } from '../../src/tenancy/workspaces.js'
 
 const SCOPES = ['read_only', 'read_write'] as const
@@ -94,9 +93,10 @@ const integrationTokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const origin = fastify.originOf(request)
     const { token, hash, prefix } = integrationTokens.generate()
     const row = await db.transaction().execute(async trx => {
-      // One creation at a time per member and workspace, so the cap holds under concurrency.
-      await trx.selectFrom('workspace_members').select('id')
-        .where('workspace_id', '=', workspaceId).where('user_id', '=', userId).forUpdate().executeTakeFirstOrThrow()
+      // A caller whom a mailbox proof, a deactivation or a removal has ended since this request
+      // was let in makes none. The caller's row is locked until the commit, so one user's
+      // creations take turns and the cap holds under concurrency.
+      await fastify.lockAccess(trx, request)
       const { count } = await trx.selectFrom('integration_tokens').select(eb => eb.fn.countAll<string>().as('count'))
         .where('workspace_id', '=', workspaceId).where('user_id', '=', userId).where('revoked_at', 'is', null)
         .where(eb => eb.or([eb('expires_at', 'is', null), eb('expires_at', '>', new Date(fastify.now()))]))
@@ -113,11 +113,6 @@ const integrationTokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         created_at: new Date(now),
         expires_at: expiresInDays === undefined ? null : new Date(now + expiresInDays * 86_400_000)
       }).returningAll().executeTakeFirstOrThrow()
-      // The insert waited for any mailbox proof holding the account (its foreign key shares
-      // the user's row): a session that proof has ended since this request was let in makes none.
-      const live = await trx.selectFrom('sessions').select('id')
-        .where('id', '=', request.auth!.sessionId!).where('revoked_at', 'is', null).executeTakeFirst()
-      if (live === undefined) throw errors.unauthorized(MESSAGES.authRequired, 'TOKEN_INVALID')
       await audit(trx, { action: 'token.created', actorUserId: userId, subjectType: 'integration_token', subjectId: row.id, ip: origin.ip, userAgent: origin.userAgent, details: { workspaceId, scope, expiresInDays: expiresInDays ?? null } })
       return row
     })

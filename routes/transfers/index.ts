@@ -7,7 +7,8 @@ import { errors } from '../../src/errors.js'
 import { cleanName, escapeHtml, issueMagicLink } from '../../src/auth/magic-links.js'
 import { emailKey, throttle } from '../../src/auth/throttle.js'
 import { audit, normalizeEmail } from '../../src/auth/users.js'
-import { Bird, birdJson, birdsQuery, orNull, tagTaken, violates } from '../../src/birds/birds.js'
+import { Bird, birdJson, birdsQuery, orNull, tagTaken } from '../../src/birds/birds.js'
+import { violates } from '../../src/db/index.js'
 import { Email, errorResponses, Nullable, PathId, Timestamp, Uuid, UUID_PATTERN } from '../../src/schemas/common.js'
 import { WorkspaceId } from '../../src/tenancy/workspaces.js'
 
@@ -84,6 +85,11 @@ const transferRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (bird === undefined) throw errors.notFound('bird')
     const origin = fastify.originOf(request)
     const drafted = db.transaction().execute(async trx => {
+      // No bird is offered away by a caller whom a mailbox proof, a deactivation or a removal
+      // has ended meanwhile, nor one that has left the workspace since it was read above.
+      await fastify.lockAccess(trx, request)
+      const still = await trx.selectFrom('birds').select('id').where('id', '=', bird.id).where('workspace_id', '=', workspaceId).forKeyShare().executeTakeFirst()
+      if (still === undefined) throw errors.notFound('bird')
       const destination = await trx.selectFrom('users').select(['id', 'email_verified']).where('email', '=', email).executeTakeFirst()
       const notes = orNull(request.body.notes)
       const transfer = await trx.insertInto('transfers').values({
@@ -169,6 +175,8 @@ const transferRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (!UUID_PATTERN.test(transferId) || !user.email_verified) throw errors.notFound('transfer')
     const origin = fastify.originOf(request)
     const { transfer, source, bird } = await db.transaction().execute(async trx => {
+      // Nor taken in by one: the caller is still signed in, active and a member here.
+      await fastify.lockAccess(trx, request)
       // The bird first, then its offers: two offers of one bird accepted at once queue on the
       // bird instead of locking each other's rows (the loser then finds its offer cancelled).
       const offered = await trx.selectFrom('transfers').select('bird_id').where('id', '=', transferId).executeTakeFirst()

@@ -48,26 +48,11 @@ const WorkspaceAnswer = Type.Object({ workspace: Workspace })
 const security: Array<Record<string, string[]>> = [{ bearer: [] }, { integrationToken: [] }]
 
 /** Serializes the membership changes of one workspace (the last-owner rule cannot race). */
-const lockWorkspace = async (trx: Transaction<Database>, workspaceId: number): Promise<void> => {
-  await trx.selectFrom('workspaces').select('id').where('id', '=', workspaceId).forUpdate().executeTakeFirstOrThrow()
-}
-
 /** Owners who have joined (an owner invitation not yet accepted does not keep a workspace). */
 const ownersOf = async (trx: Transaction<Database>, workspaceId: number): Promise<number> => {
   const { count } = await trx.selectFrom('workspace_members').select(eb => eb.fn.countAll<string>().as('count'))
     .where('workspace_id', '=', workspaceId).where('role', '=', 'owner').where('user_id', 'is not', null).executeTakeFirstOrThrow()
   return Number(count)
-}
-
-/**
- * The caller's role read again under the workspace lock: a role changed while this request
- * was on its way counts, not the one it was authorized with.
- */
-const lockedRole = async (trx: Transaction<Database>, workspaceId: number, userId: string): Promise<MemberRole> => {
-  const member = await trx.selectFrom('workspace_members').select('role')
-    .where('workspace_id', '=', workspaceId).where('user_id', '=', userId).executeTakeFirst()
-  if (member === undefined || (member.role !== 'owner' && member.role !== 'manager')) throw errors.forbidden(MESSAGES.forbidden, 'ROLE_NOT_ALLOWED')
-  return member.role
 }
 
 /**
@@ -103,6 +88,8 @@ const workspaceRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const user = request.user!
     const origin = fastify.originOf(request)
     const { workspace } = await db.transaction().execute(async trx => {
+      // Not by a caller whom a mailbox proof or a deactivation has ended meanwhile.
+      await fastify.lockCaller(trx, request)
       const created = await createWorkspace(trx, { ...request.body, name: request.body.name.trim() }, user)
       await audit(trx, { action: 'workspace.created', actorUserId: user.id, subjectType: 'workspace', subjectId: String(created.workspace.id), ip: origin.ip, userAgent: origin.userAgent })
       return created
@@ -140,6 +127,9 @@ const workspaceRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const { workspaceId } = request.access!
     const origin = fastify.originOf(request)
     const workspace = await db.transaction().execute(async trx => {
+      // Not after a mailbox proof, a deactivation or a removal that ended the caller's access
+      // (billingEmail says where bills go).
+      await fastify.lockAccess(trx, request)
       const current = await trx.selectFrom('workspaces').selectAll().where('id', '=', workspaceId).forUpdate().executeTakeFirstOrThrow()
       const type = request.body.workspaceType ?? current.workspace_type
       const updated = await trx.updateTable('workspaces').set({
@@ -218,8 +208,9 @@ const workspaceRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const { role } = request.body
     const origin = fastify.originOf(request)
     const { member, created, workspaceName, previous } = await db.transaction().execute(async trx => {
-      await lockWorkspace(trx, workspaceId)
-      const actorRole = await lockedRole(trx, workspaceId, request.user!.id)
+      // Nobody is let in by a caller whom a mailbox proof, a deactivation or a removal has
+      // ended meanwhile; the workspace's lock makes member changes take turns.
+      const actorRole = (await fastify.lockAccess(trx, request)).role
       // Only an account whose address is proven joins at once; any other is invited by a link
       // to that address (nobody joins a workspace by registering someone else's address).
       const found = await trx.selectFrom('users').select(['id', 'name', 'email_verified']).where('email', '=', email).executeTakeFirst()
@@ -281,8 +272,7 @@ const workspaceRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (!UUID_PATTERN.test(memberId)) throw errors.notFound('member')
     const origin = fastify.originOf(request)
     const { removed, tokenIds } = await db.transaction().execute(async trx => {
-      await lockWorkspace(trx, workspaceId)
-      const actorRole = await lockedRole(trx, workspaceId, request.user!.id)
+      const actorRole = (await fastify.lockAccess(trx, request)).role
       const removed = await trx.deleteFrom('workspace_members')
         .where('id', '=', memberId).where('workspace_id', '=', workspaceId)
         .where(eb => actorRole === 'owner'

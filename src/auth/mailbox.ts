@@ -93,6 +93,11 @@ export async function proveMailbox (
   let memberTokenIds: string[] = []
   let transfersCancelled = 0
   if (workspaceIds.length > 0) {
+    // The workspaces first, in id order: every write that lets someone in takes its
+    // workspace's row after its caller's (fastify.lockAccess), so one under way is waited for
+    // and one that begins later finds its caller's membership gone. NO KEY UPDATE, so that rows
+    // merely referencing a workspace (a bird recorded meanwhile) do not wait.
+    await trx.selectFrom('workspaces').select('id').where('id', 'in', workspaceIds).orderBy('id').forNoKeyUpdate().execute()
     const removed = await trx.deleteFrom('workspace_members').where('workspace_id', 'in', workspaceIds)
       .where(eb => eb.or([eb('user_id', 'is', null), eb('user_id', '<>', userId)]))
       .returning(['workspace_id', 'user_id']).execute()
@@ -102,6 +107,11 @@ export async function proveMailbox (
         .where('workspace_id', 'in', workspaceIds).where('user_id', 'in', membersRemoved.map(member => member.userId)).where('revoked_at', 'is', null)
         .returning('id').execute()).map(token => token.id)
     }
+    // The offered birds before their offers, in id order, as an accept locks its bird first:
+    // the other order deadlocks with an accept of a bird offered twice.
+    await trx.selectFrom('birds').select('id')
+      .where('id', 'in', trx.selectFrom('transfers').select('bird_id').where('source_workspace_id', 'in', workspaceIds).where('status', '=', 'pending'))
+      .orderBy('id').forNoKeyUpdate().execute()
     transfersCancelled = (await trx.updateTable('transfers').set({ status: 'cancelled', updated_at: now })
       .where('source_workspace_id', 'in', workspaceIds).where('status', '=', 'pending')
       .returning('id').execute()).length

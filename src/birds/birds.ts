@@ -149,9 +149,5 @@ export function birdsQuery (db: Kysely<Database>, workspaceId: number) {
     .where('b.workspace_id', '=', workspaceId)
 }
 
-/** A PostgreSQL unique violation of one constraint (the seed's 409s are decided by the database). */
-export const violates = (error: unknown, constraint: string): boolean =>
-  (error as { code?: string, constraint?: string }).code === '23505' && (error as { constraint?: string }).constraint === constraint
-
 /** Seed 003's 409 for a tagId used twice in a workspace (create, update, a transfer's arrival). */
 export const tagTaken = () => errors.conflict('That tagId is already used in this workspace.', 'TAG_TAKEN')

@@ -150,3 +150,7 @@ export function createDatabase (pool: pg.Pool, counts?: StatementCounts): Kysely
         })
   })
 }
+
+/** A PostgreSQL unique violation of one constraint: the database decides races (the seed's 409s, first sign-ins). */
+export const violates = (error: unknown, constraint: string): boolean =>
+  (error as { code?: string, constraint?: string }).code === '23505' && (error as { constraint?: string }).constraint === constraint

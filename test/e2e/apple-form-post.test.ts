@@ -58,12 +58,12 @@ t.test('Sign in with Apple in a real browser: the answer is posted from another 
   t.equal(answer.method(), 'POST', 'the provider posts its answer (form_post)')
   t.equal(await answer.headerValue('origin'), fake.issuer, 'from the provider\'s page')
   t.equal(await answer.headerValue('sec-fetch-site'), 'cross-site', 'a cross-site POST, as Apple\'s is')
-  t.match(await answer.headerValue('cookie'), /(^|; )oauth_binding_[\w-]{22}=[\w-]{43}($|;)/, 'the binding cookie came with it')
+  t.match(await answer.headerValue('cookie'), /(^|; )__Host-oauth_binding_[\w-]{22}=[\w-]{43}($|;)/, 'the binding cookie came with it')
 
   await page.waitForURL(`${base}/demo`)
   await status(page, 'Signed in as ada@privaterelay.appleid.com')
   const cookies = await page.context().cookies()
-  t.same(cookies.filter(cookie => cookie.name.startsWith('oauth_binding')), [], 'the binding cookie is gone')
+  t.same(cookies.filter(cookie => cookie.name.includes('oauth_binding')), [], 'the binding cookie is gone')
   t.ok(cookies.some(cookie => cookie.name === 'refresh_token'), 'the session cookie is set')
 })
 
@@ -94,7 +94,7 @@ t.test('login CSRF in a real browser: the attacker\'s answer posted in the victi
   // The victim has a sign-in of their own going (its own binding cookie) and visits the attacker's page.
   const victim = await (await chromium.newContext()).newPage()
   await startAndKeep(victim)
-  t.equal((await victim.context().cookies()).filter(cookie => cookie.name.startsWith('oauth_binding_')).length, 1, 'the victim\'s own binding cookie')
+  t.equal((await victim.context().cookies()).filter(cookie => cookie.name.startsWith('__Host-oauth_binding_')).length, 1, 'the victim\'s own binding cookie')
   await victim.route('http://attacker.example/', async route => { await route.fulfill({ contentType: 'text/html', body: postingPage(callback, answer) }) })
   const refused = victim.waitForResponse(callback)
   await victim.goto('http://attacker.example/')

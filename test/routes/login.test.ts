@@ -170,6 +170,23 @@ t.test('an attempt refused for its IP spends nothing of the account\'s limit', a
   t.equal(fromOwner.statusCode, 200, 'the owner, one failure short of the lock, still signs in')
 })
 
+t.test('parallel attempts from an IP past its budget reserve nothing on the account: the owner still signs in', async t => {
+  const app = await build(t, { LOGIN_MAX_PER_IP: '5', LOGIN_MAX_PER_ACCOUNT: '10' })
+  await register(app, 'victim@example.com')
+  const attempt = async (ip: string, email: string, password: string) =>
+    await app.inject({ method: 'POST', url: '/api/auth/login', remoteAddress: ip, payload: { email, password } })
+  // The attacker spends the IP's budget on another address, then fires at the victim at once.
+  for (let guess = 0; guess < 5; guess++) t.equal((await attempt('198.51.100.7', 'nobody@example.com', WRONG)).statusCode, 401)
+  for (const burst of [11, 21, 40]) {
+    const answers = await Promise.all(Array.from({ length: burst }, async () => (await attempt('198.51.100.7', 'victim@example.com', WRONG)).statusCode))
+    t.same(tally(answers), { 429: burst }, `${burst} at once: every one refused for the IP`)
+  }
+  t.equal(await failedSignIns(app), 5, 'no password of the victim\'s was checked')
+  const fromOwner = await attempt('203.0.113.5', 'victim@example.com', PASSWORD)
+  t.equal(fromOwner.statusCode, 200, 'the owner signs in from another IP')
+  t.equal(fromOwner.headers['retry-after'], undefined)
+})
+
 t.test('the sign-in limit per IP counts an IPv6 client per /64 (RATE_LIMIT_IPV6_PREFIX)', async t => {
   const app = await build(t, { LOGIN_MAX_PER_IP: '2', TRUST_PROXY: 'true' })
   const from = async (ip: string, url = '/api/auth/login') => (await app.inject({

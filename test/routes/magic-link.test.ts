@@ -1,13 +1,18 @@
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { createHash } from 'node:crypto'
 import { SMTPServer } from 'smtp-server'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { build, freePort, type TestContext } from '../helper.js'
-import { bearer, cookie, register } from '../auth-helper.js'
+import { askMagicLink, bearer, confirmLink, cookie, cookiesOf, openLink, register } from '../auth-helper.js'
 
 /*
  * Magic links end to end: a real SMTP server (smtp-server) started by the test receives the
- * mail, the test follows the link like a mail client would.
+ * mail, the test follows the link like a mail client would. A link signs in at once only in
+ * the browser that asked for it (its binding cookie); opened anywhere else it shows a page that
+ * names the address, and the page's button signs in (login CSRF: README, Security).
  */
+
+const PUBLIC = 'http://localhost:3000'
 
 interface Received { from: string, to: string[], raw: string }
 
@@ -53,18 +58,30 @@ async function request (app: FastifyInstance, payload: Record<string, unknown>, 
   return await app.inject({ method: 'POST', url: '/api/auth/magic-link/request', payload, headers })
 }
 
-const open = async (app: FastifyInstance, link: URL | string): Promise<LightMyRequestResponse> => {
-  const url = typeof link === 'string' ? new URL(link) : link
-  return await app.inject({ url: url.pathname + url.search })
+/** The binding cookie a request set (its name is the link's own): name, value and attributes. */
+function bindingCookieOf (response: LightMyRequestResponse): Record<string, string | boolean> | undefined {
+  const name = /(?:^|; )((?:__Host-)?ml_binding_[A-Za-z0-9_-]{22})=/.exec(cookiesOf(response))?.[1]
+  return name === undefined ? undefined : { name, ...cookie(response, name) }
 }
 
-t.test('without SMTP (development) the answer previews the link; opening it signs in once', async t => {
+/** The confirmation page, naming `email`, with nothing used up or signed in. */
+function isConfirmationPage (t: Test, page: LightMyRequestResponse, email: string): void {
+  t.equal(page.statusCode, 200, 'the confirmation page')
+  t.match(page.headers['content-type'], /text\/html/)
+  t.equal(page.headers['cache-control'], 'no-store')
+  t.equal(page.headers['referrer-policy'], 'same-origin', 'its form posts with the page\'s Origin (no-referrer would make it null)')
+  t.match(page.body, /<form method="post" action="\/api\/auth\/magic-link\/verify">/)
+  t.match(page.body, `<p id="email" style="font-size:1.2rem;font-weight:600;overflow-wrap:anywhere">${email}</p>`, 'it names the address the link signs in')
+  t.equal(cookie(page, 'refresh_token'), undefined, 'nobody signed in')
+}
+
+t.test('without SMTP (development) the answer previews the link; opened in the browser that asked for it, it signs in once', async t => {
   const app = await build(t, { FRONTEND_URL: 'https://app.example.com' })
-  const asked = await request(app, { email: 'New.Person@Example.com', name: 'Taylor' })
+  const { response: asked, binding } = await askMagicLink(app, { email: 'New.Person@Example.com', name: 'Taylor' })
   t.equal(asked.statusCode, 202)
   t.match(asked.json(), { ok: true, message: 'If that address can sign in, a magic link is on the way.', delivery: 'preview', previewUrl: /^http:\/\/localhost:3000\/api\/auth\/magic-link\/verify\?token=[A-Za-z0-9_-]{43}$/ })
 
-  const opened = await open(app, asked.json().previewUrl)
+  const opened = await openLink(app, asked.json().previewUrl, binding)
   t.equal(opened.statusCode, 302)
   t.equal(opened.headers.location, 'https://app.example.com/', 'to the frontend')
   t.notMatch(opened.headers.location, /token/i, 'no token in the redirect')
@@ -83,7 +100,7 @@ t.test('without SMTP (development) the answer previews the link; opening it sign
   const me = await app.inject({ url: '/api/auth/me', headers: bearer(refreshed.json().accessToken) })
   t.equal(me.json().email, 'new.person@example.com')
 
-  const again = await open(app, asked.json().previewUrl)
+  const again = await openLink(app, asked.json().previewUrl, binding)
   t.equal(again.statusCode, 400, 'a link works once')
   t.same(again.json(), { error: 'Invalid or expired magic link', code: 'INVALID_MAGIC_LINK' })
   t.equal((await app.inject({ url: '/api/auth/magic-link/verify' })).statusCode, 400, 'no token')
@@ -106,7 +123,9 @@ t.test('over SMTP: the mail has a text and an HTML part and a link built from PU
   t.match(decoded(message!.raw), /Hello Robin,/)
   const link = linkIn(message!.raw)
   t.equal(link.origin, 'https://auth.example.com', 'never from Host or X-Forwarded-Host')
-  const opened = await open(app, link)
+  // Asked for by a script (no Origin): opening the mail's link shows the page, whose button signs in.
+  isConfirmationPage(t, await openLink(app, link), 'mailbox@example.com')
+  const opened = await confirmLink(app, link)
   t.equal(opened.statusCode, 302)
   t.ok(cookie(opened, 'refresh_token')?.value)
 })
@@ -121,6 +140,17 @@ t.test('known and unknown addresses get the same answer', async t => {
   t.equal(known.body, unknown.body)
   await app.mailer.idle()
   t.equal(mail.received.length, 2, 'both get a link: the unknown one becomes an account when opened')
+
+  // From a browser both get a binding cookie, alike but for its name and value.
+  const shape = (response: LightMyRequestResponse): unknown => {
+    const { name, value, ...attributes } = bindingCookieOf(response) ?? {}
+    return { status: response.statusCode, body: response.body, headers: Object.keys(response.headers).sort(), attributes, named: typeof name, valued: typeof value }
+  }
+  const knownBrowser = await request(app, { email: 'known@example.com' }, { origin: PUBLIC })
+  const unknownBrowser = await request(app, { email: 'unknown@example.com' }, { origin: PUBLIC })
+  t.same(shape(knownBrowser), shape(unknownBrowser))
+  t.ok(bindingCookieOf(knownBrowser)?.name, 'a binding cookie for each')
+  t.equal(knownBrowser.body, known.body, 'the same body as a script gets')
 })
 
 t.test('a link expires after MAGIC_LINK_TTL', async t => {
@@ -128,7 +158,7 @@ t.test('a link expires after MAGIC_LINK_TTL', async t => {
   const app = await build(t, {}, undefined, { now: () => now })
   const asked = await request(app, { email: 'late@example.com' })
   now += 10 * 60_000 + 1
-  const opened = await open(app, asked.json().previewUrl)
+  const opened = await openLink(app, asked.json().previewUrl)
   t.equal(opened.statusCode, 400)
   t.equal(opened.headers['set-cookie'], undefined)
   t.equal(await app.db.selectFrom('users').select('id').execute().then(rows => rows.length), 0, 'no account made')
@@ -148,8 +178,8 @@ t.test('redirects go only to allowed origins', async t => {
     ['https://admin.example.com/users', 'https://admin.example.com/users']
   ]
   for (const [index, [redirectTo, expected]] of cases.entries()) {
-    const asked = await request(app, { email: `redirect${index}@example.com`, redirectTo })
-    const opened = await open(app, asked.json().previewUrl)
+    const { link, binding } = await askMagicLink(app, { email: `redirect${index}@example.com`, redirectTo })
+    const opened = await openLink(app, link, binding)
     t.equal(opened.headers.location, expected, redirectTo)
   }
 })
@@ -184,17 +214,17 @@ t.test('magic links are limited per address and per IP', async t => {
 
 t.test('MAGIC_LINK_CONFIRM=page: opening shows a page, its button signs in', async t => {
   const app = await build(t, { MAGIC_LINK_CONFIRM: 'page' })
-  const asked = await request(app, { email: 'scanned@example.com' })
-  const link = new URL(asked.json().previewUrl as string)
+  const { link, binding } = await askMagicLink(app, { email: 'scanned@example.com' })
   const token = link.searchParams.get('token')!
   for (let scan = 0; scan < 2; scan++) {
-    const page = await open(app, link)
+    const page = await openLink(app, link)
     t.equal(page.statusCode, 200, 'a scanner opening the link does not use it up')
-    t.match(page.headers['content-type'], /text\/html/)
-    t.match(page.body, /<form method="post" action="\/api\/auth\/magic-link\/verify">/)
+    isConfirmationPage(t, page, 'scanned@example.com')
     t.match(page.headers['content-security-policy'], /form-action 'self'/)
     t.equal(page.headers['cross-origin-opener-policy'], 'same-origin', 'a page gets the document headers too')
   }
+  isConfirmationPage(t, await openLink(app, link, binding), 'scanned@example.com')
+  t.pass('even in the browser that asked for the link')
   const post = async (origin: string) => await app.inject({
     method: 'POST',
     url: '/api/auth/magic-link/verify',
@@ -212,9 +242,9 @@ t.test('an inactive account cannot sign in by link', async t => {
   const app = await build(t)
   const { user } = await register(app, 'gone@example.com')
   await app.db.updateTable('users').set({ is_active: false }).where('id', '=', user.id).execute()
-  const asked = await request(app, { email: 'gone@example.com' })
+  const { response: asked, link, binding } = await askMagicLink(app, { email: 'gone@example.com' })
   t.equal(asked.statusCode, 202, 'the request says nothing')
-  const opened = await open(app, asked.json().previewUrl)
+  const opened = await openLink(app, link, binding)
   t.equal(opened.statusCode, 403)
   t.same(opened.json(), { error: 'User account is inactive', code: 'USER_INACTIVE' })
   t.equal(opened.headers['set-cookie'], undefined)
@@ -237,5 +267,65 @@ t.test('mail is retried when the SMTP server refuses it for a while', async t =>
   await app.mailer.idle()
   t.equal(mail.refused(), 1, 'the first attempt was refused')
   t.equal(mail.received.length, 1, 'the second went through')
-  t.equal((await open(app, linkIn(mail.received[0]!.raw))).statusCode, 302)
+  t.equal((await confirmLink(app, linkIn(mail.received[0]!.raw))).statusCode, 302)
+})
+
+t.test('direct: only the binding cookie of the browser that asked opens the link at once; anywhere else the page, which uses nothing up', async t => {
+  const app = await build(t, { FRONTEND_URL: 'https://app.example.com' })
+  const { response: asked, link, binding } = await askMagicLink(app, { email: 'bound@example.com' })
+  const set = bindingCookieOf(asked)!
+  t.match(set.name, /^__Host-ml_binding_[A-Za-z0-9_-]{22}$/, 'a __Host- cookie for this link alone (PUBLIC_URL is http://localhost)')
+  t.match(set, { httponly: true, secure: true, path: '/', samesite: 'Lax', 'max-age': '600' }, 'HttpOnly, Secure, Path=/, SameSite=Lax, MAGIC_LINK_TTL')
+  t.equal(set.domain, undefined, 'no Domain')
+  t.match(set.value, /^[A-Za-z0-9_-]{43}$/, '256 random bits')
+  const stored = JSON.parse((await app.store.get(`ml:${createHash('sha256').update(link.searchParams.get('token')!).digest('base64url')}`))!)
+  t.equal(stored.binding, createHash('sha256').update(set.value as string).digest('base64url'), 'only its hash is stored with the link')
+
+  // Another browser, another device, a forged navigation: the page, again and again.
+  isConfirmationPage(t, await openLink(app, link), 'bound@example.com')
+  isConfirmationPage(t, await openLink(app, link, `${set.name as string}=${'x'.repeat(43)}`), 'bound@example.com')
+  const other = await askMagicLink(app, { email: 'bound@example.com' })
+  isConfirmationPage(t, await openLink(app, link, other.binding), 'bound@example.com')
+  isConfirmationPage(t, await openLink(app, link, `${(bindingCookieOf(other.response)!.name as string)}=${set.value as string}`), 'bound@example.com')
+  t.equal(await app.db.selectFrom('users').select('id').execute().then(rows => rows.length), 0, 'no account made by the pages')
+
+  // Its own browser: signed in at once, and the binding cookie is cleared.
+  const opened = await openLink(app, link, binding)
+  t.equal(opened.statusCode, 302)
+  t.equal(opened.headers.location, 'https://app.example.com/')
+  t.ok(cookie(opened, 'refresh_token')?.value, 'signed in')
+  t.match(cookie(opened, set.name as string), { value: '', 'max-age': '0', path: '/', secure: true })
+  t.equal((await openLink(app, link, binding)).statusCode, 400, 'once')
+  t.equal((await confirmLink(app, link)).statusCode, 400, 'once, by the page too')
+  t.equal((await confirmLink(app, other.link)).statusCode, 302, 'the other link, confirmed on its page, signs in')
+})
+
+t.test('a link asked for by a script (no Origin) opens the page; its button signs in, once', async t => {
+  const app = await build(t)
+  const { response: asked, link } = await askMagicLink(app, { email: 'script@example.com' }, null)
+  t.equal(asked.headers['set-cookie'], undefined, 'no binding cookie')
+  isConfirmationPage(t, await openLink(app, link), 'script@example.com')
+  isConfirmationPage(t, await openLink(app, link), 'script@example.com')
+  const foreign = await app.inject({ method: 'POST', url: '/api/auth/magic-link/verify', headers: { origin: 'https://evil.example', 'content-type': 'application/x-www-form-urlencoded' }, payload: `token=${link.searchParams.get('token')!}` })
+  t.equal(foreign.statusCode, 403, 'a page elsewhere cannot press the button')
+  const confirmed = await confirmLink(app, link)
+  t.equal(confirmed.statusCode, 302)
+  t.ok(cookie(confirmed, 'refresh_token')?.value)
+  t.equal((await openLink(app, link)).statusCode, 400, 'used up')
+})
+
+t.test('the binding cookie: __Host- where browsers keep Secure cookies (https, loopback), none elsewhere', async t => {
+  const https = await build(t, { PUBLIC_URL: 'https://auth.example.com' })
+  const secure = bindingCookieOf((await askMagicLink(https, { email: 'tls@example.com' }, 'https://auth.example.com')).response)!
+  t.match(secure, { name: /^__Host-ml_binding_/, secure: true, path: '/', httponly: true, samesite: 'Lax' })
+
+  const plain = await build(t, { PUBLIC_URL: 'http://auth.internal.example:3000' })
+  const asked = await askMagicLink(plain, { email: 'lan@example.com' }, 'http://auth.internal.example:3000')
+  t.equal(asked.response.headers['set-cookie'], undefined,
+    'none: a browser would drop a Secure cookie from plain http, and one without the prefix could be planted by a sibling host')
+  // The planter's own link and a cookie of its choosing, under the name a binding would have.
+  const token = asked.link.searchParams.get('token')!
+  const planted = `ml_binding_${createHash('sha256').update(`binding:${token}`).digest('base64url').slice(0, 22)}=anything`
+  isConfirmationPage(t, await openLink(plain, asked.link, planted), 'lan@example.com')
+  t.equal((await confirmLink(plain, asked.link)).statusCode, 302, 'its button signs in')
 })

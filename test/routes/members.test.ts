@@ -248,8 +248,12 @@ t.test('members: an existing user joins at once, an unknown address is invited a
   t.not(changed.json().invitePreviewUrl, invited.json().invitePreviewUrl, 'a fresh link for the new role')
   t.equal((await app.db.selectFrom('workspace_members').select('id').where('invite_email', '=', 'carol@invite.example.com').execute()).length, 1)
 
-  // Carol opens the link: signed in, and a member of alice's workspace (not of a new personal one).
-  const { opened, accessToken } = await acceptInvitation(app, changed.json().invitePreviewUrl, FRONTEND)
+  // Carol opens the link: her browser never asked for it, so a page names her address; its
+  // button signs her in, a member of alice's workspace (not of a new personal one).
+  const { page, opened, accessToken } = await acceptInvitation(app, changed.json().invitePreviewUrl, FRONTEND)
+  t.equal(page.statusCode, 200, 'the confirmation page')
+  t.match(page.body, '>carol@invite.example.com</p>', 'naming the invited address')
+  t.equal(page.headers['set-cookie'], undefined, 'the page signs nobody in')
   t.equal(opened.statusCode, 302)
   t.match(opened.headers.location, /^https:\/\/app\.example\.com\/?$/, 'to the frontend')
   t.ok(accessToken, 'signed in')

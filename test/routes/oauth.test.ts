@@ -25,13 +25,14 @@ function providers (entries: Array<{ key: string, issuer: string }>): string {
 }
 
 /**
- * The binding cookie a start answer set (one per flow, `oauth_binding_<hash of the state>`):
+ * The binding cookie a start answer set (one per flow, `__Host-oauth_binding_<hash of the state>`
+ * where browsers keep Secure cookies, `oauth_binding_<hash>` on other plain http hosts):
  * its attributes, and `jar`, the Cookie header of the browser that started the flow.
  */
 function bindingOf (started: LightMyRequestResponse): { name: string, jar: string, attributes: Record<string, string | boolean> } {
   const headers = started.headers['set-cookie']
   const list = headers === undefined ? [] : Array.isArray(headers) ? headers : [headers]
-  const name = list.map(header => header.slice(0, header.indexOf('='))).find(name => name.startsWith('oauth_binding_'))
+  const name = list.map(header => header.slice(0, header.indexOf('='))).find(name => /^(__Host-)?oauth_binding_/.test(name))
   if (name === undefined) throw new Error(`no binding cookie in ${started.statusCode} ${started.body}`)
   const attributes = cookie(started, name)!
   return { name, jar: `${name}=${attributes.value as string}`, attributes }
@@ -70,9 +71,9 @@ t.test('the full redirect flow with a real OIDC provider: user, identity, sessio
   t.equal(authorization.origin, provider.issuer)
   t.match(Object.fromEntries(authorization.searchParams), { client_id: 'gatehouse', redirect_uri: CALLBACK('authentik'), code_challenge_method: 'S256', response_type: 'code', state: String, nonce: String })
   const binding = bindingOf(started)
-  t.match(binding.name, /^oauth_binding_[\w-]{22}$/, 'one binding cookie per flow, named after its state')
-  t.match(binding.attributes, { httponly: true, samesite: 'Lax', path: '/api/auth/oauth/authentik/callback' }, 'Lax, sent only to the callback')
-  t.equal(binding.attributes.secure, undefined, 'not Secure outside production on http')
+  t.match(binding.name, /^__Host-oauth_binding_[\w-]{22}$/, 'one binding cookie per flow, named after its state; __Host-: no sibling subdomain can plant it')
+  t.match(binding.attributes, { httponly: true, samesite: 'Lax', path: '/', secure: true }, 'Lax; Secure with Path=/ as __Host- requires (browsers keep it on http://localhost)')
+  t.equal(binding.attributes.domain, undefined, 'no Domain')
 
   const answered = await signIn(app, 'authentik', provider.login('alice'), 'https://app.example.com/welcome')
   t.equal(answered.statusCode, 302)
@@ -229,6 +230,10 @@ t.test('POST /api/auth/callback exchanges a code the SPA received (seed 002)', a
   const elsewhere = await app.inject({ method: 'POST', url: '/api/auth/callback', payload: { code, codeVerifier, nonce, redirectUri: 'https://evil.example/callback' } })
   t.equal(elsewhere.statusCode, 400)
   t.equal(elsewhere.json().code, 'REDIRECT_NOT_ALLOWED')
+  // A relative redirectUri is taken against PUBLIC_URL (it used to throw: a 500).
+  const relative = await app.inject({ method: 'POST', url: '/api/auth/callback', payload: { code: 'not-a-code', codeVerifier, nonce, redirectUri: '/callback' } })
+  t.not(relative.statusCode, 500, 'a relative redirectUri is a 4xx, never a 500')
+  t.equal(relative.statusCode, 400)
 
   const exchanged = await app.inject({ method: 'POST', url: '/api/auth/callback', payload: { code, codeVerifier, nonce, redirectUri: 'https://app.example.com/callback' } })
   t.equal(exchanged.statusCode, 200, exchanged.body)
@@ -389,7 +394,7 @@ t.test('Sign in with Apple: form_post, a signed client secret, the name from the
     user: JSON.stringify({ name: { firstName: 'Ada', lastName: 'Lovelace' }, email: 'victim@example.com' })
   })
   const binding = bindingOf(started)
-  t.match(binding.attributes, { httponly: true, secure: true, samesite: 'None', path: '/api/auth/oauth/apple/callback' }, 'a binding cookie that follows a cross-site POST')
+  t.match(binding.attributes, { httponly: true, secure: true, samesite: 'None', path: '/' }, 'a binding cookie that follows a cross-site POST')
   const answered = await app.inject({ method: 'POST', url: '/api/auth/oauth/apple/callback', headers: { ...FORM, cookie: binding.jar }, payload: form.toString() })
   t.equal(answered.statusCode, 302)
   t.ok(cookie(answered, 'refresh_token')?.value)
@@ -452,7 +457,7 @@ t.test('login CSRF: a provider\'s answer carried to another browser is refused b
     const own = await app.inject({ method: 'POST', url: back.pathname, headers: { ...FORM, cookie: attackerBinding.jar }, payload: back.searchParams.toString() })
     t.equal(own.statusCode, 302, `${back.pathname}: the browser that started the flow finishes it`)
     t.ok(cookie(own, 'refresh_token')?.value)
-    t.match(cookie(own, attackerBinding.name), { value: '', path: back.pathname }, 'the binding cookie is cleared')
+    t.match(cookie(own, attackerBinding.name), { value: '', path: '/' }, 'the binding cookie is cleared')
     t.equal((await sessions()).length, 1)
     await app.db.deleteFrom('sessions').execute()
   }
@@ -514,7 +519,7 @@ t.test('login CSRF with Apple\'s form_post: the answer posted from another brows
     t.equal(fake.tokenRequests, exchanges, 'the code was not even exchanged')
     const own = await app.inject({ method: 'POST', url: back.pathname, headers: { ...FORM, cookie: attackerBinding.jar }, payload: back.searchParams.toString() })
     t.equal(own.statusCode, 302, `${back.pathname}: the browser that started the flow finishes it`)
-    t.match(cookie(own, attackerBinding.name), { value: '', path: back.pathname, secure: true, samesite: 'None' }, 'cleared with the attributes it was set with')
+    t.match(cookie(own, attackerBinding.name), { value: '', path: '/', secure: true, samesite: 'None' }, 'cleared with the attributes it was set with')
     t.equal(fake.tokenRequests, exchanges + 1)
     await app.db.deleteFrom('sessions').execute()
   }
@@ -536,4 +541,34 @@ t.test('a form_post provider needs a Secure cookie: on plain http it starts only
     t.equal(started.statusCode, 302, PUBLIC_URL)
     t.match(bindingOf(started).attributes, { secure: true, samesite: 'None' }, PUBLIC_URL)
   }
+})
+
+t.test('cookie tossing: a binding cookie planted without the __Host- prefix (as a sibling subdomain could set it) binds nothing', async t => {
+  const provider = await startOidcProvider(t, { clients: [{ client_id: 'gatehouse', client_secret: 'stand-in-secret', redirect_uris: [CALLBACK('authentik')] }], accounts: ACCOUNTS })
+  const app = await build(t, { OIDC_PROVIDERS: providers([{ key: 'authentik', issuer: provider.issuer }]), FRONTEND_URL: 'https://app.example.com' })
+  // The attacker starts a flow in his own browser and signs in at the provider as himself.
+  const started = await app.inject({ url: '/api/auth/oauth/authentik/start' })
+  const attacker = bindingOf(started)
+  const back = new URL(await provider.login('alice')(started.headers.location as string))
+  // A page on a sibling subdomain plants the same name and value without the prefix (Domain=parent):
+  const planted = `${attacker.name.replace(/^__Host-/, '')}=${attacker.attributes.value as string}`
+  const victim = await app.inject({ url: back.pathname + back.search, headers: { cookie: planted } })
+  t.equal(victim.statusCode, 400, 'the victim\'s browser is not signed in to the attacker\'s account')
+  t.same(victim.json(), { error: 'Missing or expired OAuth state', code: 'OAUTH_STATE_INVALID' })
+  t.equal(cookie(victim, 'refresh_token'), undefined)
+  const own = await app.inject({ url: back.pathname + back.search, headers: { cookie: attacker.jar } })
+  t.equal(own.statusCode, 302, 'the flow still completes in the browser that started it')
+})
+
+t.test('two first sign-ins of one new identity at once both succeed: one account, one identity', async t => {
+  const provider = await startOidcProvider(t, { clients: [{ client_id: 'gatehouse', client_secret: 'stand-in-secret', redirect_uris: [CALLBACK('authentik')] }], accounts: ACCOUNTS })
+  const app = await build(t, { OIDC_PROVIDERS: providers([{ key: 'authentik', issuer: provider.issuer }]), FRONTEND_URL: 'https://app.example.com' })
+  const flows = await Promise.all(Array.from({ length: 6 }, async () => {
+    const started = await app.inject({ url: '/api/auth/oauth/authentik/start' })
+    return { started, back: new URL(await provider.login('alice')(started.headers.location as string)) }
+  }))
+  const answers = await Promise.all(flows.map(async ({ started, back }) => await app.inject({ url: back.pathname + back.search, headers: { cookie: bindingOf(started).jar } })))
+  t.same(answers.map(answer => answer.statusCode), [302, 302, 302, 302, 302, 302], 'no 500: a lost race is tried again')
+  t.equal((await app.db.selectFrom('users').select('id').where('email', '=', 'alice@example.com').execute()).length, 1, 'one account')
+  t.equal((await app.db.selectFrom('user_identities').select('id').execute()).length, 1, 'one identity')
 })
