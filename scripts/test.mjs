@@ -6,6 +6,7 @@
 //   TEST_REDIS_URL     Redis (default redis://127.0.0.1:6379)
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { Redis } from 'ioredis'
 import pg from 'pg'
 
@@ -92,6 +93,12 @@ if (!existsSync(chromium)) {
   console.log(`No Chromium at ${chromium}: test/e2e (the demo SPA in a browser) is left out; apt-get install chromium to run it`)
   extra.push('--exclude=test/e2e/**')
 }
+
+// Files in parallel: each has a database of its own, and most of a file's time is spent waiting
+// (on PostgreSQL, Redis, a browser, a child process). tap's own default leaves one CPU free,
+// which on a 2-core machine means one file at a time.
+const asked = process.argv.slice(2).some(arg => /^(-j|--jobs)/.test(arg))
+if (!asked) extra.push(`--jobs=${Math.max(2, Math.min(8, availableParallelism()))}`)
 
 const child = spawn(process.execPath, ['node_modules/tap/dist/esm/run.mjs', ...extra, ...process.argv.slice(2)], {
   stdio: 'inherit',
