@@ -163,8 +163,8 @@ declare module 'fastify' {
     /** preParsing hook: authenticate, then 403 unless the user is a global ADMIN. */
     authenticateAdmin: (request: FastifyRequest) => Promise<void>
     /**
-     * For a write that lets someone into an account or its workspace, first in its transaction
-     * (one statement): holds the caller's user row until the commit, and asks the database what
+     * For a write that lets someone into an account or its workspace, first in its transaction:
+     * holds the caller's user row until the commit, and asks the database what
      * the auth hook asked its caches — the user is active (else 403 USER_INACTIVE) and the
      * session or integration token is not revoked (else the route's 401); answers the user's
      * global role. A mailbox proof or a deactivation under way is waited for and its outcome

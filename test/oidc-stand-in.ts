@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import Fastify from 'fastify'
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'jose'
 import Provider, { type Adapter, type AdapterPayload, type Configuration } from 'oidc-provider'
+import * as oidc from 'openid-client'
 import { freePort, type TestContext } from './helper.js'
 
 /*
@@ -425,4 +426,23 @@ export async function startFakeProvider (t: TestContext, options: FakeProviderOp
     get tokenRequests () { return tokenRequests },
     get lastClientSecret () { return lastClientSecret }
   }
+}
+
+/**
+ * What a SPA does by itself with the provider for the code exchange (`POST /api/auth/callback`):
+ * its own PKCE verifier and nonce, the authorization as `account`, and the code sent back to it.
+ */
+export async function spaAuthorization (provider: OidcProviderStandIn, clientId: string, clientSecret: string, redirectUri: string, account: string): Promise<{ code: string, codeVerifier: string, nonce: string, redirectUri: string }> {
+  const configuration = await oidc.discovery(new URL(provider.issuer), clientId, clientSecret, undefined, { execute: [oidc.allowInsecureRequests] })
+  const codeVerifier = oidc.randomPKCECodeVerifier()
+  const nonce = oidc.randomNonce()
+  const url = oidc.buildAuthorizationUrl(configuration, {
+    redirect_uri: redirectUri,
+    scope: 'openid email profile',
+    nonce,
+    code_challenge: await oidc.calculatePKCECodeChallenge(codeVerifier),
+    code_challenge_method: 'S256'
+  })
+  const code = new URL(await provider.authorize(url.href, account)).searchParams.get('code')!
+  return { code, codeVerifier, nonce, redirectUri }
 }

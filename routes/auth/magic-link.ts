@@ -132,7 +132,8 @@ const magicLinkRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       return { session: { ...session, userId: user.id }, proven }
     }).catch(async (error: unknown) => {
       // A failure of ours (not the link's or the account's 4xx) does not use the link up.
-      if (!((error as { statusCode?: number }).statusCode! < 500)) {
+      const status = (error as { statusCode?: number }).statusCode
+      if (status === undefined || status >= 500) {
         await store.set(linkKey(token), stored!, pending.expiresAt - fastify.now()).catch(() => {})
       }
       throw error

@@ -5,7 +5,7 @@ import * as oidc from 'openid-client'
 import t from 'tap'
 import { build, type TestContext } from '../helper.js'
 import { cookie, register } from '../auth-helper.js'
-import { startFakeProvider, startOidcProvider, type Misbehaviour } from '../oidc-stand-in.js'
+import { spaAuthorization, startFakeProvider, startOidcProvider, type Misbehaviour } from '../oidc-stand-in.js'
 
 /*
  * Sign-in with an OpenID Connect provider, against real local stand-ins started here: the
@@ -264,21 +264,8 @@ const SPA_CALLBACK = 'https://app.example.com/callback'
 async function spaSetup (t: TestContext) {
   const provider = await startOidcProvider(t, { clients: [{ client_id: 'gatehouse', client_secret: 'stand-in-secret', redirect_uris: [SPA_CALLBACK] }], accounts: ACCOUNTS })
   const app = await build(t, { OIDC_PROVIDERS: providers([{ key: 'authentik', issuer: provider.issuer }]), FRONTEND_URL: 'https://app.example.com' })
-  const configuration = await oidc.discovery(new URL(provider.issuer), 'gatehouse', 'stand-in-secret', undefined, { execute: [oidc.allowInsecureRequests] })
   /** The SPA's authorization request (its own verifier and nonce) and the code the provider sends back to it. */
-  const authorize = async (account = 'alice') => {
-    const codeVerifier = oidc.randomPKCECodeVerifier()
-    const nonce = oidc.randomNonce()
-    const url = oidc.buildAuthorizationUrl(configuration, {
-      redirect_uri: SPA_CALLBACK,
-      scope: 'openid email profile',
-      nonce,
-      code_challenge: await oidc.calculatePKCECodeChallenge(codeVerifier),
-      code_challenge_method: 'S256'
-    })
-    const code = new URL(await provider.authorize(url.href, account)).searchParams.get('code')!
-    return { code, codeVerifier, nonce, redirectUri: SPA_CALLBACK }
-  }
+  const authorize = async (account = 'alice') => await spaAuthorization(provider, 'gatehouse', 'stand-in-secret', SPA_CALLBACK, account)
   const created = async () => ({
     users: (await app.db.selectFrom('users').select('id').execute()).length,
     identities: (await app.db.selectFrom('user_identities').select('id').execute()).length,
@@ -363,12 +350,13 @@ t.test('a flow left open longer than ten minutes has expired', async t => {
   t.equal(answered.json().code, 'OAUTH_STATE_INVALID')
 })
 
-t.test('Sign in with Apple: form_post, a signed client secret, the name from the form and the e-mail from the id_token', async t => {
+/** Sign in with Apple against the fake provider (form_post, a JWT client secret). */
+async function appleStandIn (t: TestContext, env: Record<string, string> = {}, account: { sub: string, email: string, email_verified: string } = { sub: 'mallory-apple', email: 'mallory@privaterelay.appleid.com', email_verified: 'true' }) {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
   const fake = await startFakeProvider(t, {
     clientId: 'com.example.web',
     clientSecret: 'unused',
-    account: { sub: 'apple-user', email: 'hidden@privaterelay.appleid.com', email_verified: 'true' },
+    account,
     acceptClientSecret: secret => typeof secret === 'string' && secret.split('.').length === 3
   })
   const app = await build(t, {
@@ -376,8 +364,14 @@ t.test('Sign in with Apple: form_post, a signed client secret, the name from the
     APPLE_TEAM_ID: 'TEAM123456',
     APPLE_KEY_ID: 'KEY1234567',
     APPLE_PRIVATE_KEY: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-    APPLE_ISSUER: fake.issuer
+    APPLE_ISSUER: fake.issuer,
+    ...env
   })
+  return { fake, app, publicKey }
+}
+
+t.test('Sign in with Apple: form_post, a signed client secret, the name from the form and the e-mail from the id_token', async t => {
+  const { fake, app, publicKey } = await appleStandIn(t, {}, { sub: 'apple-user', email: 'hidden@privaterelay.appleid.com', email_verified: 'true' })
   t.same((await app.inject({ url: '/api/auth/providers' })).json().providers, [{ providerKey: 'apple', displayName: 'Apple', enabled: true }])
 
   const started = await app.inject({ url: '/api/auth/oauth/apple/start' })
@@ -479,26 +473,6 @@ t.test('two tabs: two flows started in one browser keep their own binding cookie
     t.ok(cookie(answered, 'refresh_token')?.value)
   }
 })
-
-/** Sign in with Apple against the fake provider (form_post, a JWT client secret). */
-async function appleStandIn (t: TestContext, env: Record<string, string> = {}) {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
-  const fake = await startFakeProvider(t, {
-    clientId: 'com.example.web',
-    clientSecret: 'unused',
-    account: { sub: 'mallory-apple', email: 'mallory@privaterelay.appleid.com', email_verified: 'true' },
-    acceptClientSecret: secret => typeof secret === 'string' && secret.split('.').length === 3
-  })
-  const app = await build(t, {
-    APPLE_CLIENT_ID: 'com.example.web',
-    APPLE_TEAM_ID: 'TEAM123456',
-    APPLE_KEY_ID: 'KEY1234567',
-    APPLE_PRIVATE_KEY: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-    APPLE_ISSUER: fake.issuer,
-    ...env
-  })
-  return { fake, app }
-}
 
 t.test('login CSRF with Apple\'s form_post: the answer posted from another browser is refused, its own browser finishes', async t => {
   const { fake, app } = await appleStandIn(t)

@@ -1,10 +1,9 @@
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import * as oidc from 'openid-client'
 import t, { type Test } from 'tap'
 import { proveMailbox } from '../../src/auth/mailbox.js'
 import { build, embedded, twoInstancesSkip, type Env, type TestContext } from '../helper.js'
 import { askMagicLink, bearer, confirmLink, cookie, login, openLink, register, registerVerified, type AskedLink } from '../auth-helper.js'
-import { startOidcProvider, type OidcProviderStandIn } from '../oidc-stand-in.js'
+import { spaAuthorization, startOidcProvider, type OidcProviderStandIn } from '../oidc-stand-in.js'
 
 /*
  * Pre-hijacked accounts (issue 14 item 1, SPEC decision 11). A squatter registers the
@@ -284,18 +283,8 @@ t.test('seed 002\'s code exchange with a verified e-mail voids what the squatter
   const held = await squatWithPassword(app)
   await warm(t, other, held)
   // What the SPA does by itself with the provider.
-  const configuration = await oidc.discovery(new URL(authentik.issuer), 'gatehouse', 'stand-in-secret', undefined, { execute: [oidc.allowInsecureRequests] })
-  const codeVerifier = oidc.randomPKCECodeVerifier()
-  const nonce = oidc.randomNonce()
-  const url = oidc.buildAuthorizationUrl(configuration, {
-    redirect_uri: SPA_CALLBACK,
-    scope: 'openid email profile',
-    nonce,
-    code_challenge: await oidc.calculatePKCECodeChallenge(codeVerifier),
-    code_challenge_method: 'S256'
-  })
-  const code = new URL(await authentik.authorize(url.href, 'owner')).searchParams.get('code')!
-  const exchanged = await app.inject({ method: 'POST', url: '/api/auth/callback', payload: { code, codeVerifier, nonce, redirectUri: SPA_CALLBACK } })
+  const exchange = await spaAuthorization(authentik, 'gatehouse', 'stand-in-secret', SPA_CALLBACK, 'owner')
+  const exchanged = await app.inject({ method: 'POST', url: '/api/auth/callback', payload: exchange })
   t.equal(exchanged.statusCode, 200, 'the code is exchanged')
   await checkVoided(t, app, other, held, { accessToken: exchanged.json().data.accessToken }, { method: 'oauth', provider: 'authentik', passwordRemoved: true, sessions: 1, tokens: 1, identities: 0 })
 })
